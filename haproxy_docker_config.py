@@ -1,0 +1,932 @@
+"""haproxy-docker-config: keep an HAProxy listen/backend section in step with Docker containers.
+
+A Python port of Andreas Schmidt's 2013 Ruby tool of the same name. The config is
+edited through Augeas with a lens carried here, containers are looked up through
+the Docker Engine API, and haproxy itself validates every change before it
+replaces the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import difflib
+import fcntl
+import json
+import logging
+import os
+import re
+import shutil
+import string
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any, Iterator
+
+__version__ = "0.1.0"
+
+log = logging.getLogger("haproxy-docker-config")
+
+###############################################################################
+# Constants and the lens ######################################################
+###############################################################################
+
+DEFAULT_CONFIG = "/etc/haproxy/haproxy.cfg"
+DEFAULT_PIDFILE = "/var/run/haproxy.pid"
+DEFAULT_LOCK_TIMEOUT = 30.0
+
+EXIT_OK = 0
+EXIT_NOT_BALANCED = 1
+EXIT_USAGE = 2
+EXIT_CONFIG = 3
+EXIT_DOCKER = 4
+EXIT_HAPROXY = 5
+
+EXIT_STATUS_HELP = """exit status:
+  0  done
+  1  --check or --verify found a container not balanced / a server not found
+  2  usage error (bad option, malformed id list or port)
+  3  haproxy config problem (missing or unparsable file, unknown listener,
+     no template, file already rejected by haproxy, cannot lock or write)
+  4  Docker problem (engine unreachable, unknown or stopped container,
+     no published port)
+  5  haproxy rejected the change, or its restart failed"""
+
+#: Module name chosen so it cannot clash with a lens installed on the system.
+LENS_MODULE = "Haproxy_docker_config"
+LENS_NAME = LENS_MODULE + ".lns"
+
+#: Every line is a keyword plus the rest of the line; section keywords open a
+#: subtree holding the lines that follow. Indentation is kept as a #indent child
+#: so that a new server line can be indented like the template line.
+LENS = r"""module Haproxy_docker_config =
+let eol = del /[ \t]*\r?\n/ "\n"
+let ws = del /[ \t]+/ " "
+let indent = [ label "#indent" . store /[ \t]+/ ]
+let rest = /[^ \t\r\n]([^\r\n]*[^ \t\r\n])?/
+let section_kw = /global|defaults|frontend|backend|listen|peers|resolvers|userlist|mailers|cache|program|http-errors|ring|fcgi-app|log-forward|crt-store|traces|acme/
+let keyword = /[^ \t\r\n#\/][^ \t\r\n\/]*/ - section_kw
+let blank = [ del /[ \t]*(#[ \t]*)?\r?\n/ "\n" ]
+let comment = [ indent? . label "#comment" . del /#[ \t]*/ "#" . store rest . eol ]
+let line (kw:regexp) = [ indent? . key kw . (ws . store rest)? . eol ]
+let body = (line keyword | comment | blank)*
+let section = [ indent? . key section_kw . (ws . store rest)? . eol . body ]
+let lns = body . section*
+"""
+
+TEMPLATE_MARK = re.compile(r"DOCKERSERVER(?:\s+|$)")
+ERB_VARIABLE = re.compile(r"<%=\s*(\w+)\s*%>")
+TEMPLATE_VARIABLES = ("id", "name", "ip", "port")
+CONTAINER_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+WILDCARD_IPS = ("", "0.0.0.0", "::")
+
+###############################################################################
+# Errors ######################################################################
+###############################################################################
+
+
+class HdcError(Exception):
+    """Base of every error the CLI reports as one line; carries its exit status."""
+
+    status = EXIT_CONFIG
+
+    def __init__(self, message: str, details: str = "") -> None:
+        super().__init__(message)
+        self.details = details
+
+
+class UsageError(HdcError):
+    status = EXIT_USAGE
+
+
+class ConfigError(HdcError):
+    status = EXIT_CONFIG
+
+
+class DockerError(HdcError):
+    status = EXIT_DOCKER
+
+
+class HaproxyError(HdcError):
+    status = EXIT_HAPROXY
+
+
+###############################################################################
+# Pure helpers: id lists, templates, ports, server lines ######################
+###############################################################################
+
+
+@dataclasses.dataclass(frozen=True)
+class ContainerRef:
+    """One ID[:PORT] item of an id list, as the user typed it."""
+
+    ref: str
+    port: int | None = None
+
+    def __str__(self) -> str:
+        return self.ref if self.port is None else f"{self.ref}:{self.port}"
+
+
+def parse_port(text: str, context: str) -> int:
+    """A TCP port number 1..65535, or a usage error naming where it came from."""
+    if not text.isdigit():
+        raise UsageError(f"port {text!r} in {context!r} is not a number; give ID:PORT with PORT in 1..65535")
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise UsageError(f"port {port} in {context!r} is out of range; give a port in 1..65535")
+    return port
+
+
+def parse_id_list(text: str, allow_ports: bool) -> list[ContainerRef]:
+    """Split `ID[:PORT][,ID[:PORT]...]`; every malformed item is a usage error."""
+    refs: list[ContainerRef] = []
+    for item in text.split(","):
+        ref, sep, port = item.strip().partition(":")
+        if not ref:
+            raise UsageError(f"empty container id in {text!r}; give ID[,ID...] without empty items")
+        if not CONTAINER_REF.fullmatch(ref):
+            raise UsageError(f"{ref!r} is not a container id or name")
+        if sep and not allow_ports:
+            raise UsageError(f"{item!r}: only --add takes ID:PORT; give the container id alone")
+        refs.append(ContainerRef(ref, parse_port(port, item) if sep else None))
+    seen = [r.ref for r in refs]
+    repeated = sorted({r for r in seen if seen.count(r) > 1})
+    if repeated:
+        raise UsageError(f"container {repeated[0]} is given more than once in {text!r}")
+    return refs
+
+
+def template_of(comment: str) -> str | None:
+    """The server line template of a `#DOCKERSERVER ...` comment, or None."""
+    match = TEMPLATE_MARK.match(comment)
+    return comment[match.end():].strip() if match else None
+
+
+def render_template(template: str, values: dict[str, Any]) -> str:
+    """Render `$id ${ip}:$port ...`; the original's `<%= id %>` form means the same."""
+    text = ERB_VARIABLE.sub(lambda m: "${" + m.group(1) + "}", template)
+    try:
+        line = string.Template(text).substitute(values)
+    except KeyError as exc:
+        known = ", ".join("$" + v for v in TEMPLATE_VARIABLES)
+        raise ConfigError(f"template {template!r} uses unknown variable ${exc.args[0]}; use {known}") from None
+    except ValueError:
+        raise ConfigError(f"template {template!r} has a stray '$'; write $$ for a literal dollar sign") from None
+    if not line.split():
+        raise ConfigError(f"template {template!r} renders an empty server line")
+    return line
+
+
+def server_name(line: str | None) -> str:
+    """The name of a server from the value of its line (`NAME ADDR:PORT ...`)."""
+    return line.split(None, 1)[0] if line and line.strip() else ""
+
+
+def split_address(address: str) -> tuple[str | None, int | None]:
+    """`ip:port` of a server line as (ip, port), port None when there is none."""
+    host, sep, port = address.rpartition(":")
+    if sep and port.isdigit():
+        return host.strip("[]"), int(port)
+    return address, None
+
+
+def published_ports(ports: dict[str, Any] | None) -> dict[int, list[dict[str, str]]]:
+    """Private tcp port -> host bindings, from an inspect's NetworkSettings.Ports."""
+    result: dict[int, list[dict[str, str]]] = {}
+    for key, bindings in (ports or {}).items():
+        number, _, proto = key.partition("/")
+        if proto == "tcp" and bindings:
+            result[int(number)] = bindings
+    return result
+
+
+def choose_endpoint(ref: ContainerRef, ports: dict[str, Any] | None, host_ip: str) -> tuple[str, int]:
+    """The (ip, host port) haproxy should use to reach the container of `ref`."""
+    published = published_ports(ports)
+    listed = ", ".join(str(p) for p in sorted(published))
+    if ref.port is not None:
+        if ref.port not in published:
+            hint = f"it publishes {listed}" if published else "it publishes no tcp port"
+            raise DockerError(f"container {ref.ref} does not publish tcp port {ref.port}; {hint}")
+        bindings = published[ref.port]
+    elif not published:
+        raise DockerError(f"container {ref.ref} publishes no tcp port; run it with -p HOSTPORT:PORT")
+    elif len(published) > 1:
+        raise DockerError(f"container {ref.ref} publishes several tcp ports ({listed}); give {ref.ref}:PORT")
+    else:
+        bindings = next(iter(published.values()))
+    binding = sorted(bindings, key=lambda b: ":" in b.get("HostIp", ""))[0]
+    ip = binding.get("HostIp", "")
+    return (host_ip if ip in WILDCARD_IPS else ip), int(binding["HostPort"])
+
+
+def default_host_ip(docker_url: str | None) -> str:
+    """Address of a remote engine's published ports: its URL's host, else loopback."""
+    url = docker_url or os.environ.get("DOCKER_HOST", "")
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme in ("tcp", "ssh", "http", "https") and parts.hostname:
+        return parts.hostname
+    return "127.0.0.1"
+
+
+def unified_diff(path: str, old: str, new: str) -> str:
+    """The change as a unified diff labelled before/after."""
+    lines = difflib.unified_diff(
+        old.splitlines(keepends=True), new.splitlines(keepends=True),
+        fromfile=f"{path} (before)", tofile=f"{path} (after)")
+    return "".join(line if line.endswith("\n") else line + "\n" for line in lines)
+
+
+###############################################################################
+# The Augeas edge: config text in, config text out ############################
+###############################################################################
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    while exc.__cause__ or exc.__context__:
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return exc
+
+
+class ConfigDoc:
+    """One haproxy.cfg parsed by the lens into an Augeas tree under /cfg.
+
+    The text goes through Augeas's text_store/text_retrieve, so Augeas never
+    touches a file: reading, locking, validating and replacing stay ours.
+    """
+
+    def __init__(self, text: str, source: str) -> None:
+        import augeas
+
+        self.source = source
+        self._newline = "" if text.endswith("\n") or not text else "\n"
+        self._crlf = "\r\n" in text and text.count("\n") == text.count("\r\n")
+        flags = augeas.Augeas.NO_MODL_AUTOLOAD | augeas.Augeas.NO_STDINC | augeas.Augeas.NO_LOAD
+        with tempfile.TemporaryDirectory(prefix="hdc-lens-") as lensdir:
+            Path(lensdir, LENS_MODULE.lower() + ".aug").write_text(LENS)
+            self.aug = augeas.Augeas(root="/", loadpath=lensdir, flags=flags)
+            self.aug.set("/input", text + self._newline)
+            self._store()
+
+    def _store(self) -> None:
+        try:
+            self.aug.text_store(LENS_NAME, "/input", "/cfg")
+        except (ValueError, RuntimeError, OSError):
+            pass  # the details are in /augeas/text/cfg/error
+        if self.aug.get("/augeas/text/cfg/error") is None:
+            return
+        line = int(self.aug.get("/augeas/text/cfg/error/line") or 0)
+        message = self.aug.get("/augeas/text/cfg/error/message") or "parse failed"
+        text = (self.aug.get("/input") or "").split("\n")
+        bad = text[line - 1].strip() if 0 < line <= len(text) else ""
+        raise ConfigError(f"{self.source}:{line}: cannot parse {bad!r} ({message}); fix this line")
+
+    def text(self) -> str:
+        """The config as it is now, with untouched lines byte for byte as read."""
+        self.aug.text_retrieve(LENS_NAME, "/input", "/cfg", "/output")
+        text = self.aug.get("/output") or ""
+        if self._crlf:
+            text = re.sub(r"(?<!\r)\n", "\r\n", text)
+        if self._newline and text.endswith("\n"):
+            text = text[:-1]
+        return text
+
+    def listener(self, name: str) -> str:
+        """The tree path of the `listen NAME` or `backend NAME` section."""
+        found = [p for p in self.aug.match("/cfg/*") if server_name(self.aug.get(p)) == name]
+        usable = [p for p in found if _label(p) in ("listen", "backend")]
+        if len(usable) > 1:
+            raise ConfigError(f"{self.source}: listener {name} is defined {len(usable)} times; keep one")
+        if usable:
+            return usable[0]
+        if found:
+            raise ConfigError(f"{self.source}: {name} is a {_label(found[0])} section; "
+                              f"-l needs a listen or backend section")
+        raise ConfigError(f"{self.source}: no listen or backend section named {name}; "
+                          f"check -l and -f")
+
+    def servers(self, section: str) -> list[tuple[str, str]]:
+        """(path, value) of every `server` line of a section, in file order."""
+        return [(p, self.aug.get(p) or "") for p in self.aug.match(f"{section}/server")]
+
+    def template(self, section: str) -> tuple[str, str, str]:
+        """(path, template, indent) of the section's one #DOCKERSERVER comment."""
+        found = [(p, template_of(self.aug.get(p) or "")) for p in self.aug.match(f"{section}/#comment")]
+        found = [(p, t) for p, t in found if t is not None]
+        name = server_name(self.aug.get(section))
+        if not found:
+            raise ConfigError(f"{self.source}: listener {name} has no #DOCKERSERVER template line; "
+                              f"add one such as '#DOCKERSERVER $id $ip:$port check'")
+        if len(found) > 1:
+            raise ConfigError(f"{self.source}: listener {name} has {len(found)} #DOCKERSERVER "
+                              f"template lines; keep one")
+        (path, template), = found
+        if not template:
+            raise ConfigError(f"{self.source}: the #DOCKERSERVER template of listener {name} is empty")
+        return path, template, self.aug.get(path + "/#indent") or ""
+
+    def put_server(self, section: str, line: str, indent: str) -> None:
+        """Rewrite the server of the same name, or add it after the last server line."""
+        name = server_name(line)
+        servers = self.servers(section)
+        for path, value in servers:
+            if server_name(value) == name:
+                if value != line:
+                    self.aug.set(path, line)
+                return
+        anchor = servers[-1][0] if servers else self.template(section)[0]
+        self.aug.insert(anchor, "server", before=False)
+        new = f"{section}/server[last()]" if servers else f"{section}/server[1]"
+        self.aug.set(new, line)
+        if indent:
+            self.aug.set(new + "/#indent", indent)
+
+    def remove_servers(self, section: str, names: set[str]) -> list[str]:
+        """Remove the servers with one of these names; return the names removed."""
+        removed = []
+        for path, value in reversed(self.servers(section)):
+            if server_name(value) in names:
+                self.aug.remove(path)
+                removed.append(server_name(value))
+        return removed[::-1]
+
+
+def _label(path: str) -> str:
+    return re.sub(r"\[\d+\]$", "", path.rsplit("/", 1)[-1])
+
+
+###############################################################################
+# The Docker edge #############################################################
+###############################################################################
+
+
+class Engine:
+    """A Docker Engine reached lazily: show and check without ids never import docker."""
+
+    def __init__(self, url: str | None, timeout: float = 30.0) -> None:
+        self.url = url
+        self.timeout = timeout
+        self._api: Any = None
+
+    def describe(self) -> str:
+        return self.url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+    @property
+    def api(self) -> Any:
+        if self._api is None:
+            self._api = self._connect()
+        return self._api
+
+    def _connect(self) -> Any:
+        import docker
+
+        env = dict(os.environ, DOCKER_HOST=self.url) if self.url else None
+        try:
+            client = docker.from_env(environment=env, timeout=self.timeout,
+                                     use_ssh_client=self.describe().startswith("ssh://"))
+        except docker.errors.DockerException as exc:
+            raise DockerError(f"cannot reach the Docker engine at {self.describe()} "
+                              f"({_root_cause(exc)}); start dockerd or give --docker-url") from exc
+        return client.api
+
+    def inspect(self, ref: str) -> dict[str, Any] | None:
+        """docker inspect of a container by id, unique prefix or name; None if unknown."""
+        import docker
+
+        try:
+            return self.api.inspect_container(ref)
+        except docker.errors.NotFound:
+            return None
+        except docker.errors.APIError as exc:
+            raise DockerError(f"container {ref}: {exc.explanation or exc}; give a longer id or the name") from exc
+        except docker.errors.DockerException as exc:
+            raise DockerError(f"cannot reach the Docker engine at {self.describe()} "
+                              f"({_root_cause(exc)}); start dockerd or give --docker-url") from exc
+
+    def running(self) -> list[dict[str, Any]]:
+        """Every running container, in one API call."""
+        import docker
+
+        try:
+            return self.api.containers(filters={"status": "running"})
+        except docker.errors.DockerException as exc:
+            raise DockerError(f"cannot list containers at {self.describe()} "
+                              f"({_root_cause(exc)}); start dockerd or give --docker-url") from exc
+
+
+def container_values(ref: ContainerRef, attrs: dict[str, Any] | None, host_ip: str) -> dict[str, Any]:
+    """The template variables of a running container, or a Docker error saying why not."""
+    if attrs is None:
+        raise DockerError(f"no such container {ref.ref}; check the id with docker ps")
+    state = attrs.get("State") or {}
+    if not state.get("Running") or state.get("Paused"):
+        how = "paused" if state.get("Paused") else state.get("Status", "stopped")
+        raise DockerError(f"container {ref.ref} is not running ({how}); start it first")
+    ip, port = choose_endpoint(ref, (attrs.get("NetworkSettings") or {}).get("Ports"), host_ip)
+    return {"id": attrs["Id"][:12], "name": attrs.get("Name", "").lstrip("/"), "ip": ip, "port": port}
+
+
+def container_aliases(attrs: dict[str, Any]) -> set[str]:
+    """The names a server of this container may carry: full id, short id, name."""
+    names = {attrs["Id"], attrs["Id"][:12], attrs.get("Name", "").lstrip("/")}
+    names.update(n.lstrip("/") for n in attrs.get("Names") or ())
+    return names - {""}
+
+
+def is_backed(name: str, running: list[dict[str, Any]]) -> bool:
+    """Whether a server name belongs to one of the running containers."""
+    for container in running:
+        if name in container_aliases(container):
+            return True
+        if len(name) >= 12 and container["Id"].startswith(name):
+            return True
+    return False
+
+
+###############################################################################
+# The haproxy and file edges ##################################################
+###############################################################################
+
+
+def _alerts(output: str, candidate: str, target: str) -> str:
+    """haproxy's alert lines, naming the user's file rather than our temp file."""
+    lines = [ln.replace(candidate, target) for ln in output.splitlines() if "ALERT" in ln]
+    return "\n".join(lines or output.replace(candidate, target).strip().splitlines()[-5:])
+
+
+def haproxy_binary(explicit: str | None) -> str:
+    found = shutil.which(explicit or "haproxy")
+    if not found:
+        raise HaproxyError(f"haproxy not found ({explicit or 'not on PATH'}); install it, "
+                           f"give --haproxy-bin, or --no-validate")
+    return found
+
+
+def haproxy_check(binary: str, path: str, label: str) -> tuple[bool, str]:
+    """Run `haproxy -c -f path`; (accepted, alert lines naming `label`)."""
+    proc = subprocess.run([binary, "-c", "-q", "-f", path], capture_output=True, text=True,
+                          errors="replace", timeout=120)
+    return proc.returncode == 0, _alerts(proc.stdout + proc.stderr, path, label)
+
+
+@contextlib.contextmanager
+def config_lock(target: Path, timeout: float) -> Iterator[None]:
+    """Hold an exclusive lock beside the config across read, write and restart."""
+    lock_path = target.with_name(target.name + ".lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise ConfigError(f"cannot create lock file {lock_path} ({exc.strerror}); "
+                          f"run as a user who may write {target.parent}") from exc
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise ConfigError(f"{lock_path} is held by another haproxy-docker-config "
+                                      f"for over {timeout:g}s; retry later or raise --lock-timeout") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)
+
+
+def read_config(path: Path) -> str:
+    """The config's text; bytes map 1:1 to characters so any encoding round-trips."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file; give the haproxy config with -f") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path} ({exc.strerror}); check its permissions") from None
+    if b"\0" in data:
+        raise ConfigError(f"{path} is not a text file; give the haproxy config with -f")
+    return data.decode("latin-1")
+
+
+def _write_beside(target: Path, data: bytes, suffix: str) -> Path:
+    """Write data to a new temp file beside target with target's owner and mode, fsynced."""
+    st = target.stat()
+    try:
+        fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=suffix)
+    except OSError as exc:
+        raise ConfigError(f"cannot write in {target.parent} ({exc.strerror}); "
+                          f"run as a user who may write there") from None
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fchmod(handle.fileno(), st.st_mode & 0o7777)
+            with contextlib.suppress(PermissionError):
+                os.fchown(handle.fileno(), st.st_uid, st.st_gid)
+            os.fsync(handle.fileno())
+    except BaseException:
+        os.unlink(name)
+        raise
+    return Path(name)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+###############################################################################
+# Restarting haproxy ##########################################################
+###############################################################################
+
+
+def _pids_from(pidfile: str) -> list[int]:
+    try:
+        text = Path(pidfile).read_text()
+    except OSError as exc:
+        raise HaproxyError(f"cannot read pidfile {pidfile} ({exc.strerror}); is haproxy running? "
+                           f"give its pidfile with -h PIDFILE") from None
+    pids = [int(word) for word in text.split() if word.isdigit()]
+    alive = [pid for pid in pids if _alive(pid)]
+    if not alive:
+        raise HaproxyError(f"pidfile {pidfile} names no running haproxy; start haproxy or use -r")
+    return alive
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def hot_restart(binary: str, config: str, pidfile: str) -> None:
+    """Start a new haproxy on the config; the old ones finish their connections (-sf)."""
+    old = _pids_from(pidfile)
+    command = [binary, "-f", config, "-p", pidfile, "-D", "-sf", *map(str, old)]
+    log.info("running %s", " ".join(command))
+    with tempfile.TemporaryFile("w+") as out:  # not a pipe: the daemon may keep it open
+        code = subprocess.run(command, stdout=out, stderr=out, timeout=60).returncode
+        out.seek(0)
+        output = out.read()
+    if code != 0:
+        raise HaproxyError("hot restart failed, the old haproxy keeps serving: "
+                           + (_alerts(output, config, config) or f"exit {code}"))
+
+
+def service_restart() -> None:
+    """Restart haproxy through systemd when it runs, else through `service`."""
+    if shutil.which("systemctl") and os.path.isdir("/run/systemd/system"):
+        command = ["systemctl", "restart", "haproxy"]
+    elif shutil.which("service"):
+        command = ["service", "haproxy", "restart"]
+    else:
+        raise HaproxyError("neither systemctl nor service found to restart haproxy; use -h instead")
+    log.info("running %s", " ".join(command))
+    proc = subprocess.run(command, capture_output=True, text=True, errors="replace", timeout=120)
+    sys.stderr.write(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        raise HaproxyError(f"{' '.join(command)} failed with exit {proc.returncode}; see the lines above")
+
+
+###############################################################################
+# Actions #####################################################################
+###############################################################################
+
+
+@dataclasses.dataclass
+class Result:
+    """The outcome for one container id or server."""
+
+    id: str
+    status: str
+    server: str | None = None
+    ip: str | None = None
+    port: int | None = None
+
+
+@dataclasses.dataclass
+class Report:
+    """Everything one invocation has to say; rendered as plain text, JSON or YAML."""
+
+    listener: str
+    action: str
+    results: list[Result] = dataclasses.field(default_factory=list)
+    changed: bool = False
+    restarted: bool = False
+    servers: list[str] | None = None
+    diff: str | None = None
+
+    @property
+    def status(self) -> int:
+        bad = any(r.status in ("not_balanced", "not_found") for r in self.results)
+        return EXIT_NOT_BALANCED if bad and self.action in ("check", "verify") else EXIT_OK
+
+
+def add_containers(doc: ConfigDoc, section: str, refs: list[ContainerRef], engine: Engine,
+                   host_ip: str) -> list[Result]:
+    """Render one server line per container and put it in the section; all or nothing."""
+    _, template, indent = doc.template(section)
+    lines = {}
+    for ref in refs:
+        values = container_values(ref, engine.inspect(ref.ref), host_ip)
+        line = render_template(template, values)
+        if server_name(line) in lines:
+            raise UsageError(f"{ref.ref} and {lines[server_name(line)][0].ref} are the same container; give it once")
+        lines[server_name(line)] = (ref, values, line)
+    for ref, values, line in lines.values():
+        doc.put_server(section, line, indent)
+    return [Result(str(ref), "balanced", server_name(line), v["ip"], v["port"])
+            for ref, v, line in lines.values()]
+
+
+def _matching(doc: ConfigDoc, section: str, ref: ContainerRef, engine: Engine) -> set[str]:
+    """Server names of the section that stand for `ref`: exact names, then Docker's view."""
+    names = {server_name(v) for _, v in doc.servers(section)}
+    direct = names & {ref.ref, ref.ref[:12]}
+    if direct:
+        return direct
+    try:
+        attrs = engine.inspect(ref.ref)
+    except DockerError as exc:
+        log.warning("warning: %s; matched %s by server name only", exc, ref.ref)
+        return set()
+    return names & container_aliases(attrs) if attrs else set()
+
+
+def delete_containers(doc: ConfigDoc, section: str, refs: list[ContainerRef], engine: Engine) -> list[Result]:
+    results = []
+    for ref in refs:
+        removed = doc.remove_servers(section, _matching(doc, section, ref, engine))
+        results.append(Result(ref.ref, "deleted" if removed else "not_balanced", ", ".join(removed) or None))
+    return results
+
+
+def check_containers(doc: ConfigDoc, section: str, refs: list[ContainerRef], engine: Engine) -> list[Result]:
+    if not refs:
+        return [_server_result(value, "balanced") for _, value in doc.servers(section)]
+    results = []
+    for ref in refs:
+        found = sorted(_matching(doc, section, ref, engine))
+        results.append(Result(ref.ref, "balanced" if found else "not_balanced", ", ".join(found) or None))
+    return results
+
+
+def verify_servers(doc: ConfigDoc, section: str, engine: Engine) -> list[Result]:
+    running = engine.running()
+    return [_server_result(value, "found" if is_backed(server_name(value), running) else "not_found")
+            for _, value in doc.servers(section)]
+
+
+def _server_result(value: str, status: str) -> Result:
+    name = server_name(value)
+    words = value.split()
+    ip, port = split_address(words[1]) if len(words) > 1 else (None, None)
+    return Result(name, status, name, ip, port)
+
+
+###############################################################################
+# Running one invocation ######################################################
+###############################################################################
+
+
+def _action(args: argparse.Namespace) -> str:
+    for action in ("add", "delete", "check", "verify"):
+        if getattr(args, action) not in (None, False):
+            return action
+    if args.show:
+        return "show"
+    raise UsageError("nothing to do; give --add, --delete, --check, --verify or --show")
+
+
+def run(args: argparse.Namespace) -> Report:
+    """Carry out one invocation; raises HdcError for anything that stops it."""
+    action = _action(args)
+    refs = parse_id_list(args.add, True) if action == "add" else \
+        parse_id_list(args.delete, False) if action == "delete" else \
+        parse_id_list(args.check, False) if action == "check" and args.check else []
+    if action in ("add", "delete"):
+        return _write_action(args, action, refs)
+    path = Path(args.config)
+    doc = ConfigDoc(read_config(path), str(path))
+    section = doc.listener(args.listen)
+    report = Report(args.listen, action)
+    engine = Engine(args.docker_url)
+    if action == "check":
+        report.results = check_containers(doc, section, refs, engine)
+    elif action == "verify":
+        report.results = verify_servers(doc, section, engine)
+    _finish(args, report, doc, section)
+    return report
+
+
+def _write_action(args: argparse.Namespace, action: str, refs: list[ContainerRef]) -> Report:
+    path = Path(args.config)
+    target = Path(os.path.realpath(path))
+    report = Report(args.listen, action)
+    engine = Engine(args.docker_url)
+    needs_haproxy = not args.no_validate or args.hot_restart is not None
+    binary = haproxy_binary(args.haproxy_bin) if needs_haproxy else None
+    with config_lock(target, args.lock_timeout):
+        old = read_config(path)
+        doc = ConfigDoc(old, str(path))
+        section = doc.listener(args.listen)
+        if action == "add":
+            report.results = add_containers(doc, section, refs, engine, args.host_ip or default_host_ip(args.docker_url))
+        else:
+            report.results = delete_containers(doc, section, refs, engine)
+        new = doc.text()
+        report.changed = new != old
+        if args.diff:
+            report.diff = unified_diff(str(path), old, new)
+        if report.changed:
+            _replace(target, str(path), old, new, None if args.no_validate else binary, args.dry_run)
+            if not args.dry_run:
+                report.restarted = _restart(args, binary)
+        else:
+            log.info("%s unchanged; nothing written, haproxy not restarted", path)
+        _finish(args, report, doc, section)
+    return report
+
+
+def _replace(target: Path, shown: str, old: str, new: str, binary: str | None, dry_run: bool) -> None:
+    """Validate the new content beside the target, keep a .bak, rename it over the target."""
+    if binary is None and not dry_run:
+        log.warning("warning: --no-validate: %s is replaced without haproxy -c", shown)
+    candidate = _write_beside(target, new.encode("latin-1"), ".tmp")
+    try:
+        if binary:
+            _validate(binary, candidate, target, shown)
+        if dry_run:
+            log.info("dry run: %s not written", shown)
+            return
+        backup = _write_beside(target, old.encode("latin-1"), ".bak.tmp")
+        os.replace(backup, target.with_name(target.name + ".bak"))
+        os.replace(candidate, target)
+        _fsync_dir(target.parent)
+        log.info("wrote %s (previous version in %s.bak)", shown, target.name)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(candidate)
+
+
+def _validate(binary: str, candidate: Path, target: Path, shown: str) -> None:
+    accepted, alerts = haproxy_check(binary, str(candidate), shown)
+    if accepted:
+        log.info("haproxy -c accepts the new %s", shown)
+        return
+    was_valid, old_alerts = haproxy_check(binary, str(target), shown)
+    if not was_valid:
+        raise ConfigError(f"haproxy already rejects {shown} as it is, before any change; "
+                          f"fix it first (haproxy -c -f {shown})", old_alerts)
+    raise HaproxyError(f"haproxy rejects the changed {shown}; the file is left untouched", alerts)
+
+
+def _restart(args: argparse.Namespace, binary: str | None) -> bool:
+    if args.hot_restart is not None:
+        hot_restart(binary or "haproxy", args.config, args.hot_restart)
+        log.info("haproxy hot-restarted")
+        return True
+    if args.restart:
+        service_restart()
+        return True
+    return False
+
+
+def _finish(args: argparse.Namespace, report: Report, doc: ConfigDoc, section: str) -> None:
+    if args.show or report.action == "show":
+        report.servers = [value for _, value in doc.servers(section)]
+
+
+###############################################################################
+# Output ######################################################################
+###############################################################################
+
+
+def render_plain(report: Report, verbose: bool) -> str:
+    """The seed's plain output, byte for byte."""
+    lines = []
+    for r in report.results:
+        if report.action == "add":
+            lines.append("%-20s\tbalanced\t%s:%s" % (r.id, r.ip, r.port))
+        elif report.action != "delete" or verbose:
+            lines.append("%-20s\t%s" % (r.id, r.status))
+    lines.extend(report.servers or ())
+    text = "".join(line + "\n" for line in lines)
+    return (report.diff or "") + text
+
+
+def as_document(report: Report) -> dict[str, Any]:
+    """The one JSON/YAML document: typed, the same schema for both."""
+    doc = dataclasses.asdict(report)
+    doc["results"] = [dataclasses.asdict(r) for r in report.results]
+    doc["servers"] = None if report.servers is None else [_server_entry(v) for v in report.servers]
+    doc["exit_status"] = report.status
+    return doc
+
+
+def _server_entry(value: str) -> dict[str, Any]:
+    words = value.split(None, 2)
+    ip, port = split_address(words[1]) if len(words) > 1 else (None, None)
+    return {"name": server_name(value), "ip": ip, "port": port,
+            "options": words[2] if len(words) > 2 else "", "line": value}
+
+
+def render(report: Report, fmt: str, verbose: bool) -> str:
+    if fmt == "json":
+        return json.dumps(as_document(report), indent=2) + "\n"
+    if fmt == "yaml":
+        import yaml
+
+        return yaml.safe_dump(as_document(report), sort_keys=False)
+    return render_plain(report, verbose)
+
+
+###############################################################################
+# Command line ################################################################
+###############################################################################
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line through main()."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message}; see --help")
+
+
+def build_parser() -> _Parser:
+    p = _Parser(
+        prog="haproxy-docker-config", add_help=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Keep an HAProxy listen/backend section in step with Docker containers.",
+        epilog=EXIT_STATUS_HELP)
+    p.add_argument("--help", action="help", help="Show help details")
+    p.add_argument("-l", "--listen", metavar="LISTENER", required=True,
+                   help="Perform actions on the listen or backend section LISTENER. Mandatory")
+    act = p.add_mutually_exclusive_group()
+    act.add_argument("-a", "--add", metavar="ID1[:PORT][,ID2[:PORT],...]",
+                     help="Add containers (id, unique id prefix or name) with optional private port; "
+                          "the published host port is looked up")
+    act.add_argument("-d", "--delete", metavar="ID1[,ID2,...]", help="Take containers out of balancing")
+    act.add_argument("-c", "--check", metavar="ID1,ID2,...", nargs="?", const="",
+                     help="Check if containers are balanced by LISTENER; no ids: list every balanced container")
+    act.add_argument("--verify", action="store_true",
+                     help="Check that every server of LISTENER is a running container")
+    restart = p.add_mutually_exclusive_group()
+    restart.add_argument("-r", "--restart", action="store_true",
+                         help="Restart haproxy after a change (systemctl, else service haproxy restart)")
+    restart.add_argument("-h", "--hot-restart", metavar="PIDFILE", nargs="?", const=DEFAULT_PIDFILE,
+                         help=f"Hot-restart haproxy after a change (haproxy -sf). Default pidfile={DEFAULT_PIDFILE}")
+    p.add_argument("-v", "--verbose", action="store_true", help="Be verbose about what is done (on stderr)")
+    p.add_argument("-s", "--show", action="store_true", help="Show the server lines of LISTENER")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--yaml", dest="format", action="store_const", const="yaml", help="Output as YAML")
+    fmt.add_argument("--json", dest="format", action="store_const", const="json", help="Output as JSON")
+    p.add_argument("-f", "--config", metavar="PATH", default=DEFAULT_CONFIG,
+                   help=f"haproxy config file (default {DEFAULT_CONFIG})")
+    p.add_argument("--docker-url", metavar="URL",
+                   help="Docker Engine URL: unix://, tcp:// or ssh:// (default: DOCKER_HOST or the local socket)")
+    p.add_argument("--host-ip", metavar="IP",
+                   help="Address for ports published on all interfaces "
+                        "(default: the host of a tcp:// or ssh:// docker URL, else 127.0.0.1)")
+    p.add_argument("--haproxy-bin", metavar="PATH", help="haproxy binary (default: haproxy on PATH)")
+    p.add_argument("--no-validate", action="store_true",
+                   help="Replace the config without haproxy -c (for hosts without haproxy)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="Do everything up to and including validation; write and restart nothing")
+    p.add_argument("--diff", action="store_true", help="Print a unified diff of the config change")
+    p.add_argument("--lock-timeout", metavar="SECONDS", type=float, default=DEFAULT_LOCK_TIMEOUT,
+                   help=f"Wait this long for another run's lock (default {DEFAULT_LOCK_TIMEOUT:g})")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; every error becomes one line on stderr and its exit status."""
+    verbose = False
+    try:
+        args = build_parser().parse_args(argv)
+        verbose = args.verbose
+        logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
+                            stream=sys.stderr, force=True)
+        report = run(args)
+    except HdcError as exc:
+        if verbose:
+            log.exception("traceback:")
+        sys.stderr.write(f"ERROR: {exc}\n" + "".join(f"  {ln}\n" for ln in exc.details.splitlines()))
+        return exc.status
+    sys.stdout.write(render(report, args.format or "plain", args.verbose))
+    return report.status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
