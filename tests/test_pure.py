@@ -1,0 +1,194 @@
+"""Pure helpers: id lists, templates, ports, matching and the output formats."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+import haproxy_docker_config as hdc
+from haproxy_docker_config import ContainerRef as Ref
+
+
+@pytest.mark.parametrize("text, allow_ports, expected", [
+    ("caee75cbf7b5", True, [Ref("caee75cbf7b5")]),
+    ("a:8080,b , web_1.x-y:1", True, [Ref("a", 8080), Ref("b"), Ref("web_1.x-y", 1)]),
+    ("a,b", False, [Ref("a"), Ref("b")]),
+])
+def test_id_lists_parse(text: str, allow_ports: bool, expected: list[Ref]) -> None:
+    assert hdc.parse_id_list(text, allow_ports) == expected
+
+
+@pytest.mark.parametrize("text, allow_ports, message", [
+    ("", True, "empty container id in ''"),
+    ("a,,b", True, "empty container id in 'a,,b'"),
+    ("a,", True, "empty container id"),
+    ("abc:notaport", True, "port 'notaport' in 'abc:notaport' is not a number"),
+    ("abc:70000", True, "port 70000 in 'abc:70000' is out of range"),
+    ("abc:0", True, "port 0 in 'abc:0' is out of range"),
+    ("abc:", True, "port '' in 'abc:' is not a number"),
+    ("a,b,a", True, "container a is given more than once"),
+    ("a:80", False, "only --add takes ID:PORT"),
+    ("-x", True, "'-x' is not a container id or name"),
+])
+def test_malformed_id_lists_are_usage_errors(text: str, allow_ports: bool, message: str) -> None:
+    with pytest.raises(hdc.UsageError) as err:
+        hdc.parse_id_list(text, allow_ports)
+    assert message in str(err.value)
+    assert err.value.status == hdc.EXIT_USAGE
+
+
+VALUES = {"id": "caee75cbf7b5", "name": "web1", "ip": "127.0.0.1", "port": 49161}
+
+
+@pytest.mark.parametrize("template, expected", [
+    ("<%= id %> <%= ip %>:<%= port %> check inter 2000 rise 2 fall 5",
+     "caee75cbf7b5 127.0.0.1:49161 check inter 2000 rise 2 fall 5"),
+    ("$id ${ip}:$port check", "caee75cbf7b5 127.0.0.1:49161 check"),
+    ("$name $ip:${port} weight 10 # $$ cost", "web1 127.0.0.1:49161 weight 10 # $ cost"),
+    ("<%=name%> <%= ip%>:<%=port %>", "web1 127.0.0.1:49161"),
+])
+def test_templates_render(template: str, expected: str) -> None:
+    assert hdc.render_template(template, VALUES) == expected
+
+
+@pytest.mark.parametrize("template, message", [
+    ("$id $host:$port", "uses unknown variable $host"),
+    ("<%= id %> <%= address %>", "uses unknown variable $address"),
+    ("$id $ip:$port $", "stray '$'"),
+])
+def test_bad_templates_are_config_errors(template: str, message: str) -> None:
+    with pytest.raises(hdc.ConfigError, match=message.replace("$", r"\$")):
+        hdc.render_template(template, VALUES)
+
+
+@pytest.mark.parametrize("comment, template", [
+    ("DOCKERSERVER   <%= id %> x", "<%= id %> x"),
+    ("DOCKERSERVER", ""),
+    ("DOCKERSERVERS x", None),
+    ("server x", None),
+])
+def test_template_comment_detection(comment: str, template: str | None) -> None:
+    assert hdc.template_of(comment) == template
+
+
+ONE = {"8080/tcp": [{"HostIp": "0.0.0.0", "HostPort": "49161"}, {"HostIp": "::", "HostPort": "49161"}]}
+TWO = {"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": "1000"}], "9090/tcp": [{"HostIp": "10.1.2.3", "HostPort": "2000"}],
+       "53/udp": [{"HostIp": "", "HostPort": "53"}], "7000/tcp": None}
+
+
+@pytest.mark.parametrize("ref, ports, expected", [
+    (Ref("a"), ONE, ("192.0.2.7", 49161)),
+    (Ref("a", 8080), ONE, ("192.0.2.7", 49161)),
+    (Ref("a", 8080), TWO, ("127.0.0.1", 1000)),
+    (Ref("a", 9090), TWO, ("10.1.2.3", 2000)),
+    (Ref("a"), {"80/tcp": [{"HostIp": "::1", "HostPort": "5"}]}, ("::1", 5)),
+])
+def test_endpoint_is_the_published_binding(ref: Ref, ports: dict, expected: tuple) -> None:
+    assert hdc.choose_endpoint(ref, ports, "192.0.2.7") == expected
+
+
+@pytest.mark.parametrize("ref, ports, message", [
+    (Ref("a"), TWO, "container a publishes several tcp ports (8080, 9090); give a:PORT"),
+    (Ref("a"), None, "container a publishes no tcp port; run it with -p HOSTPORT:PORT"),
+    (Ref("a"), {"53/udp": [{"HostIp": "", "HostPort": "53"}]}, "container a publishes no tcp port; run it with -p HOSTPORT:PORT"),
+    (Ref("a", 7000), TWO, "container a does not publish tcp port 7000; it publishes 8080, 9090"),
+])
+def test_unusable_ports_are_docker_errors(ref: Ref, ports: dict | None, message: str) -> None:
+    with pytest.raises(hdc.DockerError) as err:
+        hdc.choose_endpoint(ref, ports, "127.0.0.1")
+    assert str(err.value) == message
+
+
+@pytest.mark.parametrize("url, expected", [
+    (None, "127.0.0.1"),
+    ("unix:///var/run/docker.sock", "127.0.0.1"),
+    ("tcp://10.0.0.5:2375", "10.0.0.5"),
+    ("ssh://ops@docker-host.example", "docker-host.example"),
+])
+def test_default_host_ip_follows_the_engine_url(url: str | None, expected: str, monkeypatch) -> None:
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    assert hdc.default_host_ip(url) == expected
+
+
+def test_default_host_ip_reads_docker_host(monkeypatch) -> None:
+    monkeypatch.setenv("DOCKER_HOST", "tcp://172.17.0.1:2376")
+    assert hdc.default_host_ip(None) == "172.17.0.1"
+
+
+def _attrs(running: bool = True, paused: bool = False) -> dict:
+    return {"Id": "caee75cbf7b5" + "0" * 52, "Name": "/web1",
+            "State": {"Running": running, "Paused": paused, "Status": "running" if running else "exited"},
+            "NetworkSettings": {"Ports": ONE}}
+
+
+def test_container_values_feed_the_template() -> None:
+    assert hdc.container_values(Ref("web1"), _attrs(), "127.0.0.1") == VALUES
+
+
+@pytest.mark.parametrize("attrs, message", [
+    (None, "no such container web1; check the id with docker ps"),
+    (_attrs(running=False), "container web1 is not running (exited); start it first"),
+    (_attrs(paused=True), "container web1 is not running (paused); start it first"),
+])
+def test_unusable_containers_are_docker_errors(attrs: dict | None, message: str) -> None:
+    with pytest.raises(hdc.DockerError) as err:
+        hdc.container_values(Ref("web1"), attrs, "127.0.0.1")
+    assert str(err.value) == message
+
+
+@pytest.mark.parametrize("name, backed", [
+    ("caee75cbf7b5", True), ("caee75cbf7b5" + "0" * 52, True), ("caee75cbf7b500", True),
+    ("web1", True), ("caee75", False), ("web", False), ("f2cc6e975169", False),
+])
+def test_server_names_backed_by_running_containers(name: str, backed: bool) -> None:
+    running = [{"Id": "caee75cbf7b5" + "0" * 52, "Names": ["/web1"]}]
+    assert hdc.is_backed(name, running) is backed
+
+
+def _report(action: str, results: list, **kw) -> hdc.Report:
+    return hdc.Report("dockerha-app1", action, [hdc.Result(*r) for r in results], **kw)
+
+
+def test_plain_output_matches_the_seed_examples() -> None:
+    add = _report("add", [("caee75cbf7b5", "balanced", "caee75cbf7b5", "127.0.0.1", 49161),
+                          ("597215a9450b", "balanced", "597215a9450b", "127.0.0.1", 49160)])
+    assert hdc.render_plain(add, False) == (
+        "caee75cbf7b5        \tbalanced\t127.0.0.1:49161\n597215a9450b        \tbalanced\t127.0.0.1:49160\n")
+    check = _report("check", [("f2cc6e975169", "not_balanced")])
+    assert hdc.render_plain(check, False) == "f2cc6e975169        \tnot_balanced\n"
+    verify = _report("verify", [("caee75cbf7b5", "found"), ("597215a9450b", "not_found")])
+    assert hdc.render_plain(verify, False) == "caee75cbf7b5        \tfound\n597215a9450b        \tnot_found\n"
+    delete = _report("delete", [("a32198606724", "deleted")],
+                     servers=["caee75cbf7b5 127.0.0.1:49161 check inter 2000 rise 2 fall 5"])
+    assert hdc.render_plain(delete, False) == "caee75cbf7b5 127.0.0.1:49161 check inter 2000 rise 2 fall 5\n"
+    assert hdc.render_plain(delete, True).startswith("a32198606724        \tdeleted\n")
+
+
+@pytest.mark.parametrize("action, statuses, code", [
+    ("check", ["balanced", "balanced"], 0), ("check", ["balanced", "not_balanced"], 1),
+    ("verify", ["found"], 0), ("verify", ["not_found", "found"], 1), ("delete", ["not_balanced"], 0),
+])
+def test_exit_status_comes_from_the_results(action: str, statuses: list, code: int) -> None:
+    assert _report(action, [("x", s) for s in statuses]).status == code
+
+
+def test_json_and_yaml_carry_the_same_typed_document() -> None:
+    report = _report("add", [("web1", "balanced", "caee75cbf7b5", "127.0.0.1", 49161)], changed=True,
+                     servers=["caee75cbf7b5 127.0.0.1:49161 check inter 2000", "hand backend.local:80"])
+    from_json = json.loads(hdc.render(report, "json", False))
+    assert from_json == yaml.safe_load(hdc.render(report, "yaml", False))
+    assert from_json["results"] == [{"id": "web1", "status": "balanced", "server": "caee75cbf7b5",
+                                     "ip": "127.0.0.1", "port": 49161}]
+    assert from_json["servers"][0] == {"name": "caee75cbf7b5", "ip": "127.0.0.1", "port": 49161,
+                                       "options": "check inter 2000",
+                                       "line": "caee75cbf7b5 127.0.0.1:49161 check inter 2000"}
+    assert from_json["servers"][1]["port"] == 80
+    assert (from_json["changed"], from_json["restarted"], from_json["exit_status"]) == (True, False, 0)
+
+
+def test_diff_is_labelled_before_and_after() -> None:
+    diff = hdc.unified_diff("/etc/haproxy/haproxy.cfg", "a\nb\n", "a\nb\nc\n")
+    assert diff.splitlines()[:2] == ["--- /etc/haproxy/haproxy.cfg (before)", "+++ /etc/haproxy/haproxy.cfg (after)"]
+    assert "+c\n" in diff
