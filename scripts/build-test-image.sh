@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Build the tiny busybox-based test image hdc-test-httpd:latest (no registry
+# needed: the rootfs is assembled locally and fed to `docker import`).
+# Idempotent: does nothing when the image already exists.
+set -euo pipefail
+
+IMAGE="hdc-test-httpd:latest"
+BUSYBOX="/bin/busybox"   # from Debian's busybox-static (statically linked)
+
+if docker image inspect "$IMAGE" >/dev/null 2>&1; then
+    echo "build-test-image: $IMAGE already present"
+    exit 0
+fi
+
+if [ ! -x "$BUSYBOX" ]; then
+    echo "build-test-image: $BUSYBOX missing; install busybox-static (scripts/setup.sh)" >&2
+    exit 1
+fi
+
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+root="$tmp/rootfs"
+mkdir -p "$root/bin" "$root/www" "$root/etc" "$root/tmp" "$root/proc" "$root/sys" "$root/dev"
+chmod 1777 "$root/tmp"
+cp "$BUSYBOX" "$root/bin/busybox"
+for applet in sh httpd hostname sleep cat echo mkdir ls kill; do
+    ln -s busybox "$root/bin/$applet"
+done
+
+# PID 1 ignores signals it has no handler for, so trap TERM/INT explicitly
+# and take the two httpd children down with us; `docker stop` is then instant.
+cat >"$root/start.sh" <<'SH'
+#!/bin/sh
+export PATH=/bin
+mkdir -p /www
+echo "$(hostname)" > /www/index.html
+httpd -f -p 8080 -h /www &
+p1=$!
+httpd -f -p 9090 -h /www &
+p2=$!
+trap 'kill $p1 $p2 2>/dev/null; exit 0' TERM INT
+wait
+SH
+chmod 755 "$root/start.sh"
+
+tar -C "$root" -c . | docker import \
+    -c 'CMD ["/bin/sh","/start.sh"]' \
+    -c 'ENV PATH=/bin' \
+    - "$IMAGE" >/dev/null
+echo "build-test-image: built $IMAGE"

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Prepare a fresh Debian/Ubuntu machine (as root) to build, test and demo the
+# project: system packages, the .venv with the project installed editable,
+# a running dockerd and the local test image. Idempotent and quick to re-run.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+APT_PACKAGES=(haproxy libaugeas0 libaugeas-dev pkg-config docker.io busybox-static
+              python3-venv python3-dev gcc curl)
+
+log() { echo "setup: $*"; }
+
+# --- apt packages (only when something is missing) -------------------------
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+    if ! dpkg -s "$pkg" 2>/dev/null | grep -q '^Status: install ok installed'; then
+        missing+=("$pkg")
+    fi
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing apt packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# The haproxy package may start a system-wide haproxy on install; the tests
+# and demo start their own instances, so make sure no service one lingers.
+if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    systemctl disable --now haproxy >/dev/null 2>&1 || true
+elif [ -f /run/haproxy.pid ] && command -v service >/dev/null 2>&1; then
+    service haproxy stop >/dev/null 2>&1 || true
+fi
+
+# --- virtualenv ---------------------------------------------------------------
+if [ ! -x "$ROOT/.venv/bin/python" ]; then
+    py=python3
+    if [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+        py=/usr/bin/python3
+    fi
+    log "creating .venv with $py"
+    "$py" -m venv "$ROOT/.venv"
+fi
+if [ -f "$ROOT/pyproject.toml" ]; then
+    # Skip pip (slow: it builds the editable wheel) when pyproject.toml is
+    # unchanged since the last successful install and the entry point exists.
+    stamp="$ROOT/.venv/.hdc-installed"
+    want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
+    if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ] \
+        || [ ! -x "$ROOT/.venv/bin/haproxy-docker-config" ]; then
+        log "pip install -e '.[test]'"
+        "$ROOT/.venv/bin/pip" install -q --disable-pip-version-check -e "$ROOT[test]"
+        echo "$want" >"$stamp"
+    fi
+else
+    log "no pyproject.toml yet; skipping pip install"
+fi
+
+# --- dockerd ------------------------------------------------------------------
+if ! docker info >/dev/null 2>&1; then
+    log "starting dockerd (log: /var/log/hdc-dockerd.log)"
+    nohup dockerd >/var/log/hdc-dockerd.log 2>&1 &
+    for _ in $(seq 1 60); do
+        if docker info >/dev/null 2>&1; then
+            break
+        fi
+        sleep 1
+    done
+    if ! docker info >/dev/null 2>&1; then
+        echo "setup: dockerd did not come up within 60 s; log tail:" >&2
+        tail -n 40 /var/log/hdc-dockerd.log >&2 || true
+        exit 1
+    fi
+fi
+
+# --- test image ---------------------------------------------------------------
+"$ROOT/scripts/build-test-image.sh"
+log "ok"

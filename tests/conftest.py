@@ -1,0 +1,257 @@
+"""Fixtures and helpers for tests that drive real Docker containers and a real HAProxy.
+
+Nothing is mocked: the tool's job is to glue docker-py, Augeas and HAProxy
+together, so the tests need all three for real (scripts/setup.sh provides them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import docker
+import docker.errors
+import pytest
+from docker.models.containers import Container
+
+REPO = Path(__file__).resolve().parent.parent
+IMAGE = "hdc-test-httpd:latest"
+LABEL = "hdc-test"
+CLI = Path(sys.executable).parent / "haproxy-docker-config"
+DEFAULT_TEMPLATE = "$id ${ip}:$port check inter 2000 rise 2 fall 5"
+# Tests only talk to loopback; a proxy from the environment must never interfere.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Fail the whole run up front when Docker is unusable: skipping would hide it."""
+    try:
+        ok = subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        ok = False
+    if not ok:
+        pytest.exit("`docker info` failed: Docker is not available; run scripts/setup.sh", returncode=3)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Sweep containers left over by crashed or interrupted tests (they carry our label)."""
+    try:
+        client = docker.from_env()
+        for c in client.containers.list(all=True, filters={"label": f"{LABEL}=1"}):
+            _remove(c)
+    except docker.errors.DockerException:
+        pass
+
+
+def _remove(container: Container) -> None:
+    """Force-remove a container, tolerating one that is already gone or going."""
+    try:
+        container.remove(force=True)
+    except docker.errors.APIError:
+        pass
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now (the kernel picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_get(port: int, timeout: float = 2.0) -> str:
+    """GET http://127.0.0.1:port/ without any proxy; return the body stripped."""
+    with _OPENER.open(f"http://127.0.0.1:{port}/", timeout=timeout) as resp:
+        return resp.read().decode().strip()
+
+
+def host_port(container: Container, private: int = 8080) -> int:
+    """The host port Docker published for `private`/tcp (container must be reloaded)."""
+    bindings = container.attrs["NetworkSettings"]["Ports"].get(f"{private}/tcp")
+    if not bindings:
+        raise KeyError(f"{container.short_id}: port {private}/tcp is not published")
+    return int(bindings[0]["HostPort"])
+
+
+def _wait_http_ok(port: int, deadline: float) -> None:
+    """Wait for HTTP 200: docker-proxy accepts TCP before httpd in the container listens."""
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            with _OPENER.open(f"http://127.0.0.1:{port}/", timeout=1.0) as resp:
+                if resp.status == 200:
+                    return
+        except Exception as exc:  # connection reset/refused while starting up
+            last = exc
+        time.sleep(0.05)
+    raise TimeoutError(f"port {port} never answered HTTP 200: {last!r}")
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> docker.DockerClient:
+    """Docker client; builds the local test image first if it is missing (no registry)."""
+    client = docker.from_env()
+    try:
+        client.images.get(IMAGE)
+    except docker.errors.ImageNotFound:
+        subprocess.run([str(REPO / "scripts" / "build-test-image.sh")], check=True)
+    return client
+
+
+@pytest.fixture
+def make_container(docker_client: docker.DockerClient) -> Iterator[Callable[..., Container]]:
+    """Factory for running test containers; every one is force-removed at teardown."""
+    made: list[Container] = []
+
+    def make(
+        name: str | None = None,
+        ports: Sequence[int] = (8080,),
+        host_ip: str = "127.0.0.1",
+        labels: Mapping[str, str] | None = None,
+    ) -> Container:
+        """Run hdc-test-httpd publishing `ports` on host_ip ("" = all) at random host ports."""
+        container = docker_client.containers.run(
+            IMAGE,
+            detach=True,
+            name=name,
+            ports={f"{p}/tcp": (host_ip, None) for p in ports},
+            labels={**(labels or {}), LABEL: "1"},
+        )
+        made.append(container)
+        container.reload()
+        deadline = time.monotonic() + 10.0
+        for p in ports:
+            _wait_http_ok(host_port(container, p), deadline)
+        container.reload()
+        return container
+
+    yield make
+    for container in made:
+        _remove(container)
+
+
+@dataclasses.dataclass(frozen=True)
+class Cfg:
+    """A written HAProxy config plus the paths/port a test needs to drive it."""
+
+    path: Path
+    port: int
+    pidfile: Path
+    sock: Path
+
+
+def write_config(
+    tmp_path: Path,
+    listener: str = "dockerha-app1",
+    frontend_port: int | None = None,
+    template: str = DEFAULT_TEMPLATE,
+    extra_listener_lines: str = "",
+    stats_socket: bool = True,
+) -> Cfg:
+    """Write tmp_path/haproxy.cfg with one `listen` section holding a #DOCKERSERVER template."""
+    port = frontend_port if frontend_port is not None else free_port()
+    sock = tmp_path / "admin.sock"
+    if stats_socket and len(str(sock)) > 100:  # sun_path limit is 108 bytes
+        raise ValueError(f"unix socket path too long for HAProxy: {sock}")
+    glob = f"    stats socket {sock} mode 600 level admin\n" if stats_socket else ""
+    extra = extra_listener_lines.rstrip("\n") + "\n" if extra_listener_lines else ""
+    text = (
+        f"global\n    maxconn 256\n{glob}\n"
+        "defaults\n    mode http\n    timeout connect 2s\n    timeout client 10s\n    timeout server 10s\n\n"
+        f"listen {listener}\n    bind 127.0.0.1:{port}\n    balance roundrobin\n"
+        f"    #DOCKERSERVER   {template}\n{extra}"
+    )
+    path = tmp_path / "haproxy.cfg"
+    path.write_text(text)
+    return Cfg(path=path, port=port, pidfile=tmp_path / "haproxy.pid", sock=sock)
+
+
+def haproxy_pids(cfg: Cfg) -> list[int]:
+    """PIDs listed in cfg.pidfile (haproxy writes one per line); [] if there is none."""
+    try:
+        return [int(tok) for tok in cfg.pidfile.read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def _kill_haproxy(pid: int) -> None:
+    """SIGKILL pid if it is still haproxy (guards against PID reuse) and wait until it is dead."""
+    proc = Path(f"/proc/{pid}")
+    try:
+        if not (proc / "comm").read_text().startswith("haproxy"):
+            return
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5.0
+        # Gone or a zombie means its sockets are closed, so ports are free again.
+        while (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.02)
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+
+
+def _wait_tcp(port: int, timeout: float) -> None:
+    """Wait until 127.0.0.1:port accepts a TCP connection."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"nothing accepts connections on 127.0.0.1:{port}") from None
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def haproxy() -> Iterator[Callable[[Cfg], list[int]]]:
+    """Factory starting a daemonized haproxy on a Cfg; all its processes die at teardown."""
+    started: list[tuple[Cfg, subprocess.Popen[bytes], list[int]]] = []
+
+    def start_haproxy(cfg: Cfg) -> list[int]:
+        """Run `haproxy -f cfg -p pidfile -D`, wait for the frontend port, return pids."""
+        log = cfg.path.with_suffix(".log")
+        # Output goes to a file: a daemon holding our pipe open would hang the wait.
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                ["haproxy", "-f", str(cfg.path), "-p", str(cfg.pidfile), "-D"],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )
+        entry: tuple[Cfg, subprocess.Popen[bytes], list[int]] = (cfg, proc, [])
+        started.append(entry)
+        rc = proc.wait(timeout=10)
+        if rc != 0:
+            raise RuntimeError(f"haproxy exited {rc}:\n{log.read_text()}")
+        _wait_tcp(cfg.port, 5.0)
+        entry[2].extend(haproxy_pids(cfg))
+        return haproxy_pids(cfg)
+
+    yield start_haproxy
+    for cfg, proc, pids in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in {*pids, *haproxy_pids(cfg)}:
+            _kill_haproxy(pid)
+
+
+def run_cli(*args: str, env: Mapping[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run the installed console script (tests the packaging too); env is layered over os.environ."""
+    if not CLI.exists():
+        pytest.fail(f"{CLI} is not installed; run scripts/setup.sh")
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([str(CLI), *args], text=True, capture_output=True, env=full_env, timeout=timeout)
+
+
+@pytest.fixture
+def cli() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """run_cli as a fixture, for tests that prefer injection over import."""
+    return run_cli
