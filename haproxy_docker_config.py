@@ -233,6 +233,13 @@ def default_host_ip(docker_url: str | None) -> str:
     return "127.0.0.1"
 
 
+def _root_cause(exc: BaseException) -> str:
+    """The innermost reason of a library error, e.g. 'Permission denied'."""
+    while exc.__cause__ or exc.__context__:
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+
+
 def unified_diff(path: str, old: str, new: str) -> str:
     """The change as a unified diff labelled before/after."""
     lines = difflib.unified_diff(
@@ -244,12 +251,6 @@ def unified_diff(path: str, old: str, new: str) -> str:
 ###############################################################################
 # The Augeas edge: config text in, config text out ############################
 ###############################################################################
-
-
-def _root_cause(exc: BaseException) -> BaseException:
-    while exc.__cause__ or exc.__context__:
-        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
-    return exc
 
 
 class ConfigDoc:
@@ -468,7 +469,7 @@ def haproxy_binary(explicit: str | None) -> str:
 
 def haproxy_check(binary: str, path: str, label: str) -> tuple[bool, str]:
     """Run `haproxy -c -f path`; (accepted, alert lines naming `label`)."""
-    proc = subprocess.run([binary, "-c", "-q", "-f", path], capture_output=True, text=True,
+    proc = subprocess.run([binary, "-c", "-f", path], capture_output=True, text=True,
                           errors="replace", timeout=120)
     return proc.returncode == 0, _alerts(proc.stdout + proc.stderr, path, label)
 
