@@ -156,7 +156,7 @@ def parse_id_list(text: str, allow_ports: bool) -> list[ContainerRef]:
     seen = [r.ref for r in refs]
     repeated = sorted({r for r in seen if seen.count(r) > 1})
     if repeated:
-        raise UsageError(f"container {repeated[0]} is given more than once in {text!r}")
+        raise UsageError(f"container {repeated[0]} is given more than once in {text!r}; give it once")
     return refs
 
 
@@ -534,6 +534,14 @@ def _write_beside(target: Path, data: bytes, suffix: str) -> Path:
     return Path(name)
 
 
+def _remove_stale_temps(target: Path) -> None:
+    """Remove temp files of runs that were killed; only called under the lock."""
+    for stale in target.parent.glob(f".{target.name}.*.tmp"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
+            log.info("removed %s, left by an interrupted run", stale)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -738,7 +746,10 @@ def _write_action(args: argparse.Namespace, action: str, refs: list[ContainerRef
     needs_haproxy = not args.no_validate or args.hot_restart is not None
     binary = haproxy_binary(args.haproxy_bin) if needs_haproxy else None
     with config_lock(target, args.lock_timeout):
+        _remove_stale_temps(target)
         old = read_config(path)
+        if not os.access(target, os.W_OK):
+            raise ConfigError(f"{path} is read-only; make it writable or run as a user who may write it")
         doc = ConfigDoc(old, str(path))
         section = doc.listener(args.listen)
         if action == "add":
@@ -864,6 +875,17 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message}; see --help")
 
 
+def _seconds(text: str) -> float:
+    """A non-negative number of seconds, for argparse."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
+    return value
+
+
 def build_parser() -> _Parser:
     p = _Parser(
         prog="haproxy-docker-config", add_help=False,
@@ -905,7 +927,7 @@ def build_parser() -> _Parser:
     p.add_argument("--dry-run", action="store_true",
                    help="Do everything up to and including validation; write and restart nothing")
     p.add_argument("--diff", action="store_true", help="Print a unified diff of the config change")
-    p.add_argument("--lock-timeout", metavar="SECONDS", type=float, default=DEFAULT_LOCK_TIMEOUT,
+    p.add_argument("--lock-timeout", metavar="SECONDS", type=_seconds, default=DEFAULT_LOCK_TIMEOUT,
                    help=f"Wait this long for another run's lock (default {DEFAULT_LOCK_TIMEOUT:g})")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
