@@ -264,8 +264,8 @@ class ConfigDoc:
         import augeas
 
         self.source = source
-        self._newline = "" if text.endswith("\n") or not text else "\n"
         self._crlf = "\r\n" in text and text.count("\n") == text.count("\r\n")
+        self._newline = "" if text.endswith("\n") or not text else "\r\n" if self._crlf else "\n"
         flags = augeas.Augeas.NO_MODL_AUTOLOAD | augeas.Augeas.NO_STDINC | augeas.Augeas.NO_LOAD
         with tempfile.TemporaryDirectory(prefix="hdc-lens-") as lensdir:
             Path(lensdir, LENS_MODULE.lower() + ".aug").write_text(LENS)
@@ -292,8 +292,8 @@ class ConfigDoc:
         text = self.aug.get("/output") or ""
         if self._crlf:
             text = re.sub(r"(?<!\r)\n", "\r\n", text)
-        if self._newline and text.endswith("\n"):
-            text = text[:-1]
+        if self._newline and text.endswith(self._newline):
+            text = text[:-len(self._newline)]
         return text
 
     def listener(self, name: str) -> str:

@@ -140,7 +140,11 @@ def test_new_lines_in_a_crlf_file_use_crlf() -> None:
     assert doc.text() == "listen app\r\n  #DOCKERSERVER $id\r\n  server a 1:5\r\n"
 
 
-def test_a_file_without_final_newline_keeps_that_style() -> None:
-    doc = hdc.ConfigDoc("listen app\n  #DOCKERSERVER $id", "c")
-    doc.put_server(doc.listener("app"), "a 1:5", "  ")
-    assert doc.text() == "listen app\n  #DOCKERSERVER $id\n  server a 1:5"
+@pytest.mark.parametrize("eol", ["\n", "\r\n"])
+def test_a_file_without_final_newline_keeps_that_style(eol: str) -> None:
+    doc = hdc.ConfigDoc(f"listen app{eol}  #DOCKERSERVER $id", "c")
+    section = doc.listener("app")
+    doc.put_server(section, "a 1:5", "  ")
+    assert doc.text() == f"listen app{eol}  #DOCKERSERVER $id{eol}  server a 1:5"
+    doc.remove_servers(section, {"a"})
+    assert doc.text() == f"listen app{eol}  #DOCKERSERVER $id"
