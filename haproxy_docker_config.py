@@ -739,10 +739,9 @@ def run(args: argparse.Namespace) -> Report:
 
 
 def _write_action(args: argparse.Namespace, action: str, refs: list[ContainerRef]) -> Report:
+    """Edit under the lock; write and restart only when the bytes really changed."""
     path = Path(args.config)
     target = Path(os.path.realpath(path))
-    report = Report(args.listen, action)
-    engine = Engine(args.docker_url)
     needs_haproxy = not args.no_validate or args.hot_restart is not None
     binary = haproxy_binary(args.haproxy_bin) if needs_haproxy else None
     with config_lock(target, args.lock_timeout):
@@ -752,28 +751,47 @@ def _write_action(args: argparse.Namespace, action: str, refs: list[ContainerRef
             raise ConfigError(f"{path} is read-only; make it writable or run as a user who may write it")
         doc = ConfigDoc(old, str(path))
         section = doc.listener(args.listen)
-        if action == "add":
-            report.results = add_containers(doc, section, refs, engine, args.host_ip or default_host_ip(args.docker_url))
-        else:
-            report.results = delete_containers(doc, section, refs, engine)
+        report = Report(args.listen, action, _edit(args, action, refs, doc, section))
         new = doc.text()
         report.changed = new != old
-        if args.diff:
-            report.diff = unified_diff(str(path), old, new)
+        report.diff = unified_diff(str(path), old, new) if args.diff else None
         if report.changed:
-            _replace(target, str(path), old, new, None if args.no_validate else binary, args.dry_run)
-            if not args.dry_run:
-                report.restarted = _restart(args, binary)
+            _commit(args, target, old, new, binary, report)
         else:
             log.info("%s unchanged; nothing written, haproxy not restarted", path)
         _finish(args, report, doc, section)
     return report
 
 
+def _edit(args: argparse.Namespace, action: str, refs: list[ContainerRef], doc: ConfigDoc,
+          section: str) -> list[Result]:
+    engine = Engine(args.docker_url)
+    if action == "add":
+        return add_containers(doc, section, refs, engine, args.host_ip or default_host_ip(args.docker_url))
+    return delete_containers(doc, section, refs, engine)
+
+
+def _commit(args: argparse.Namespace, target: Path, old: str, new: str, binary: str | None,
+            report: Report) -> None:
+    """Replace the file, then restart; an unvalidated change is rolled back if the restart fails."""
+    validator = None if args.no_validate else binary
+    if validator is None and not args.dry_run:
+        log.warning("warning: --no-validate: %s is replaced without haproxy -c", args.config)
+    _replace(target, args.config, old, new, validator, args.dry_run)
+    if args.dry_run:
+        return
+    try:
+        report.restarted = _restart(args, binary)
+    except HaproxyError as exc:
+        if validator is not None:
+            raise
+        _replace(target, args.config, new, old, None, False)
+        raise HaproxyError(f"{exc}; the change was not validated, so the previous {args.config} "
+                           f"is restored", exc.details) from exc
+
+
 def _replace(target: Path, shown: str, old: str, new: str, binary: str | None, dry_run: bool) -> None:
     """Validate the new content beside the target, keep a .bak, rename it over the target."""
-    if binary is None and not dry_run:
-        log.warning("warning: --no-validate: %s is replaced without haproxy -c", shown)
     candidate = _write_beside(target, new.encode("latin-1"), ".tmp")
     try:
         if binary:

@@ -149,3 +149,13 @@ def test_failed_service_restart_is_exit_5(system_haproxy, make_container) -> Non
     assert re.fullmatch(r"ERROR: service haproxy restart failed with exit \d+; see the lines above",
                         result.stderr.splitlines()[-1])
     assert f"server {c.short_id} " in SYSTEM_CFG.read_text()  # validated, so the change is kept
+
+
+def test_dry_run_neither_writes_nor_restarts(tmp_path, make_container, haproxy) -> None:
+    cfg = write_config(tmp_path)
+    pids = haproxy(cfg)
+    before = cfg.path.read_bytes()
+    result = run_cli("-f", str(cfg.path), "-l", "dockerha-app1", "-a", make_container().short_id,
+                     "-h", str(cfg.pidfile), "--dry-run", "--json")
+    assert result.returncode == 0 and '"changed": true' in result.stdout and '"restarted": false' in result.stdout
+    assert cfg.path.read_bytes() == before and haproxy_pids(cfg) == pids

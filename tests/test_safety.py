@@ -272,3 +272,27 @@ def test_second_identical_delete_changes_nothing(tmp_path, make_container) -> No
     second = run_cli("-f", str(cfg.path), "-l", "dockerha-app1", "-d", c.short_id, "--json")
     assert '"changed": true' in first.stdout and '"changed": false' in second.stdout
     assert cfg.path.read_bytes() == after_first and cfg.path.stat().st_ino == inode
+
+
+def test_unvalidated_change_is_rolled_back_when_the_restart_fails(tmp_path, make_container) -> None:
+    cfg = write_config(tmp_path)
+    cfg.pidfile.write_text("999999\n")
+    before = cfg.path.read_bytes()
+    result = add(cfg, make_container().short_id, extra=("--no-validate", "-h", str(cfg.pidfile)))
+    assert result.returncode == 5
+    assert result.stderr.splitlines()[-1] == (
+        f"ERROR: pidfile {cfg.pidfile} names no running haproxy; start haproxy or use -r; "
+        f"the change was not validated, so the previous {cfg.path} is restored")
+    assert cfg.path.read_bytes() == before
+
+
+def test_haproxy_bin_names_the_haproxy_to_use(tmp_path, make_container) -> None:
+    cfg = write_config(tmp_path)
+    env = {"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"}
+    c = make_container()
+    result = run_cli("-f", str(cfg.path), "-l", "dockerha-app1", "-a", c.short_id, "--haproxy-bin", "/usr/sbin/haproxy",
+                     "-v", env=env)
+    assert result.returncode == 0 and f"haproxy -c accepts the new {cfg.path}" in result.stderr
+    result = run_cli("-f", str(cfg.path), "-l", "dockerha-app1", "-d", c.short_id, "--haproxy-bin", "/nonexistent/haproxy")
+    assert (result.returncode, result.stderr) == (
+        5, "ERROR: haproxy not found (/nonexistent/haproxy); install it, give --haproxy-bin, or --no-validate\n")
