@@ -6,12 +6,14 @@ together, so the tests need all three for real (scripts/setup.sh provides them).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -255,3 +257,39 @@ def run_cli(*args: str, env: Mapping[str, str] | None = None, timeout: float = 6
 def cli() -> Callable[..., subprocess.CompletedProcess[str]]:
     """run_cli as a fixture, for tests that prefer injection over import."""
     return run_cli
+
+
+class _UnixForwarder:
+    """A TCP listener that pipes each connection to the local Docker socket: a tcp:// engine."""
+
+    def __init__(self, host: str) -> None:
+        self.server = socket.create_server((host, 0))
+        self.url = f"tcp://{host}:{self.server.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.socket(socket.AF_UNIX)
+            upstream.connect("/var/run/docker.sock")
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+
+@pytest.fixture
+def docker_tcp_url() -> Iterator[str]:
+    """tcp:// URL of the local engine, reached through 127.0.0.2 (so its host is visible)."""
+    forwarder = _UnixForwarder("127.0.0.2")
+    yield forwarder.url
+    forwarder.server.close()

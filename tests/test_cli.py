@@ -236,3 +236,15 @@ def test_a_symlinked_config_stays_a_symlink(capsys, tmp_path, make_container) ->
     link.symlink_to(cfg.path)
     run(capsys, "-f", str(link), "-l", "dockerha-app1", "-a", make_container().short_id)
     assert link.is_symlink() and len(servers(cfg.path)) == 1
+
+
+def test_a_tcp_engine_url_gives_its_host_as_address(capsys, cfg, make_container, docker_tcp_url,
+                                                    monkeypatch) -> None:
+    c = make_container(host_ip="")  # published on all interfaces, so reachable at the engine's host
+    code, out, err = run(capsys, "-f", str(cfg.path), "-l", "dockerha-app1", "-a", c.short_id,
+                         "--docker-url", docker_tcp_url)
+    assert (code, err) == (0, "")
+    assert out == "%-20s\tbalanced\t127.0.0.2:%d\n" % (c.short_id, host_port(c))
+    monkeypatch.setenv("DOCKER_HOST", docker_tcp_url)  # the environment, as docker itself reads it
+    assert run(capsys, "-f", str(cfg.path), "-l", "dockerha-app1", "-a", c.short_id, "--host-ip", "127.0.0.3") == (
+        0, "%-20s\tbalanced\t127.0.0.3:%d\n" % (c.short_id, host_port(c)), "")
