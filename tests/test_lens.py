@@ -8,7 +8,7 @@ import pytest
 
 import haproxy_docker_config as hdc
 
-PACKAGED = sorted(["/etc/haproxy/haproxy.cfg", *glob.glob("/usr/share/doc/haproxy/examples/*.cfg")])
+PACKAGED = sorted(["/etc/haproxy/haproxy.cfg", *glob.glob("/usr/share/listener/haproxy/examples/*.cfg")])
 
 SEED = """global
     daemon
@@ -56,31 +56,36 @@ def test_odd_layouts_round_trip_byte_for_byte(text: str) -> None:
 @pytest.mark.parametrize("path", PACKAGED)
 def test_adding_to_a_packaged_config_changes_only_the_new_line(path: str) -> None:
     text = _read(path) + SEED.split("\n", 3)[3]
-    doc = hdc.ConfigDoc(text, path)
-    section = doc.listener("dockerha-app1")
-    doc.put_server(section, "abc 127.0.0.1:1 check", doc.template(section)[2])
-    assert doc.text() == text + "        server abc 127.0.0.1:1 check\n"
+    listener = hdc.Listener(text, "dockerha-app1", path)
+    listener.put_server("abc 127.0.0.1:1 check", listener.template()[2])
+    assert listener.text() == text + "        server abc 127.0.0.1:1 check\n"
 
 
-def test_parse_failure_names_file_and_line() -> None:
+@pytest.mark.parametrize("make", [lambda t: hdc.ConfigDoc(t, "/etc/x.cfg"),
+                                  lambda t: hdc.Listener(t, "app", "/etc/x.cfg")])
+def test_parse_failure_names_file_and_line(make) -> None:
     with pytest.raises(hdc.ConfigError) as err:
-        hdc.ConfigDoc("global\n  daemon\n  /bad/line here\n", "/etc/x.cfg")
-    assert str(err.value).startswith("/etc/x.cfg:3: cannot parse '/bad/line here'")
+        make("global\n  daemon\nlisten app\n  #DOCKERSERVER $id\n  /bad/line here\nbackend b\n")
+    assert str(err.value).startswith("/etc/x.cfg:5: cannot parse '/bad/line here'")
     assert err.value.status == hdc.EXIT_CONFIG
 
 
 @pytest.mark.parametrize("kind", ["listen", "backend"])
 def test_listener_is_matched_by_exact_name(kind: str) -> None:
-    doc = hdc.ConfigDoc(f"{kind} dockerha-app10\n  #DOCKERSERVER $id\n{kind} dockerha-app1\n  #DOCKERSERVER $id\n", "c")
-    assert doc.listener("dockerha-app1").endswith(f"{kind}[2]")
-    with pytest.raises(hdc.ConfigError, match="no listen or backend section named dockerha-app"):
-        doc.listener("dockerha-app")
+    text = f"{kind} dockerha-app10\n  #DOCKERSERVER $id\n{kind} dockerha-app1\n  #DOCKERSERVER $name\n"
+    assert hdc.Listener(text, "dockerha-app1", "c").template()[1] == "$name"
+    with pytest.raises(hdc.ConfigError, match="no listen or backend section named dockerha-app;"):
+        hdc.Listener(text, "dockerha-app", "c")
+
+
+def test_a_listener_defined_twice_is_an_error() -> None:
+    with pytest.raises(hdc.ConfigError, match="listener app is defined 2 times; keep one"):
+        hdc.Listener("listen app\nbackend app\n", "app", "c")
 
 
 def test_a_frontend_is_not_a_listener() -> None:
-    doc = hdc.ConfigDoc("frontend web\n  bind :80\n", "c")
     with pytest.raises(hdc.ConfigError, match="web is a frontend section"):
-        doc.listener("web")
+        hdc.Listener("frontend web\n  bind :80\n", "web", "c")
 
 
 @pytest.mark.parametrize("body, message", [
@@ -89,62 +94,57 @@ def test_a_frontend_is_not_a_listener() -> None:
     ("  #DOCKERSERVER\n", "template of listener app is empty"),
 ])
 def test_template_problems_are_config_errors(body: str, message: str) -> None:
-    doc = hdc.ConfigDoc("listen app\n" + body, "c")
     with pytest.raises(hdc.ConfigError, match=message):
-        doc.template(doc.listener("app"))
+        hdc.Listener("listen app\n" + body, "app", "c").template()
 
 
 def test_template_is_found_with_or_without_space_after_hash() -> None:
-    doc = hdc.ConfigDoc("listen app\n\t#   DOCKERSERVER $id ${ip}:$port\n  # DOCKERSERVERS is not it\n", "c")
-    _, template, indent = doc.template(doc.listener("app"))
+    listener = hdc.Listener("listen app\n\t#   DOCKERSERVER $id ${ip}:$port\n  # DOCKERSERVERS is not it\n", "app", "c")
+    _, template, indent = listener.template()
     assert (template, indent) == ("$id ${ip}:$port", "\t")
 
 
 def test_new_servers_go_after_the_last_server_and_take_the_template_indent() -> None:
     text = "listen app\n\t#DOCKERSERVER $id\n  server hand 10.0.0.1:80\n  option httpchk\nbackend other\n"
-    doc = hdc.ConfigDoc(text, "c")
-    section = doc.listener("app")
-    doc.put_server(section, "new1 127.0.0.1:2", "\t")
-    doc.put_server(section, "new2 127.0.0.1:3", "\t")
-    assert doc.text() == ("listen app\n\t#DOCKERSERVER $id\n  server hand 10.0.0.1:80\n"
+    listener = hdc.Listener(text, "app", "c")
+    listener.put_server("new1 127.0.0.1:2", "\t")
+    listener.put_server("new2 127.0.0.1:3", "\t")
+    assert listener.text() == ("listen app\n\t#DOCKERSERVER $id\n  server hand 10.0.0.1:80\n"
                           "\tserver new1 127.0.0.1:2\n\tserver new2 127.0.0.1:3\n  option httpchk\nbackend other\n")
 
 
 def test_first_server_goes_right_after_the_template() -> None:
-    doc = hdc.ConfigDoc("listen app\n    #DOCKERSERVER $id\n    balance roundrobin\n", "c")
-    section = doc.listener("app")
-    doc.put_server(section, "a 1.2.3.4:5", "    ")
-    assert doc.text() == "listen app\n    #DOCKERSERVER $id\n    server a 1.2.3.4:5\n    balance roundrobin\n"
+    listener = hdc.Listener("listen app\n    #DOCKERSERVER $id\n    balance roundrobin\n", "app", "c")
+    listener.put_server("a 1.2.3.4:5", "    ")
+    assert listener.text() == "listen app\n    #DOCKERSERVER $id\n    server a 1.2.3.4:5\n    balance roundrobin\n"
 
 
 def test_putting_a_known_server_rewrites_its_line_in_place() -> None:
     text = "listen app\n  #DOCKERSERVER $id\n  server a 1.2.3.4:5 check\n  server b 1.2.3.4:6 check\n"
-    doc = hdc.ConfigDoc(text, "c")
-    section = doc.listener("app")
-    doc.put_server(section, "a 1.2.3.4:7 check", "  ")
-    assert doc.text() == text.replace(":5", ":7")
-    doc.put_server(section, "a 1.2.3.4:7 check", "  ")
-    assert doc.text().count("server a ") == 1
+    listener = hdc.Listener(text, "app", "c")
+    listener.put_server("a 1.2.3.4:7 check", "  ")
+    assert listener.text() == text.replace(":5", ":7")
+    listener.put_server("a 1.2.3.4:7 check", "  ")
+    assert listener.text().count("server a ") == 1
 
 
 def test_removing_servers_keeps_everything_else() -> None:
     text = "listen app\n  #DOCKERSERVER $id\n  server a 1:5\n  server b 1:6\n  server ab 1:7\nlisten x\n  server a 1:5\n"
-    doc = hdc.ConfigDoc(text, "c")
-    assert doc.remove_servers(doc.listener("app"), {"a", "b"}) == ["a", "b"]
-    assert doc.text() == "listen app\n  #DOCKERSERVER $id\n  server ab 1:7\nlisten x\n  server a 1:5\n"
+    listener = hdc.Listener(text, "app", "c")
+    assert listener.remove_servers({"a", "b"}) == ["a", "b"]
+    assert listener.text() == "listen app\n  #DOCKERSERVER $id\n  server ab 1:7\nlisten x\n  server a 1:5\n"
 
 
 def test_new_lines_in_a_crlf_file_use_crlf() -> None:
-    doc = hdc.ConfigDoc("listen app\r\n  #DOCKERSERVER $id\r\n", "c")
-    doc.put_server(doc.listener("app"), "a 1:5", "  ")
-    assert doc.text() == "listen app\r\n  #DOCKERSERVER $id\r\n  server a 1:5\r\n"
+    listener = hdc.Listener("listen app\r\n  #DOCKERSERVER $id\r\n", "app", "c")
+    listener.put_server("a 1:5", "  ")
+    assert listener.text() == "listen app\r\n  #DOCKERSERVER $id\r\n  server a 1:5\r\n"
 
 
 @pytest.mark.parametrize("eol", ["\n", "\r\n"])
 def test_a_file_without_final_newline_keeps_that_style(eol: str) -> None:
-    doc = hdc.ConfigDoc(f"listen app{eol}  #DOCKERSERVER $id", "c")
-    section = doc.listener("app")
-    doc.put_server(section, "a 1:5", "  ")
-    assert doc.text() == f"listen app{eol}  #DOCKERSERVER $id{eol}  server a 1:5"
-    doc.remove_servers(section, {"a"})
-    assert doc.text() == f"listen app{eol}  #DOCKERSERVER $id"
+    listener = hdc.Listener(f"listen app{eol}  #DOCKERSERVER $id", "app", "c")
+    listener.put_server("a 1:5", "  ")
+    assert listener.text() == f"listen app{eol}  #DOCKERSERVER $id{eol}  server a 1:5"
+    listener.remove_servers({"a"})
+    assert listener.text() == f"listen app{eol}  #DOCKERSERVER $id"

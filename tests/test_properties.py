@@ -52,8 +52,8 @@ def config(draw) -> str:
     return eol.join(lines) + draw(st.sampled_from([eol, ""]))
 
 
-def _names(doc: hdc.ConfigDoc, section: str) -> list[str]:
-    return [hdc.server_name(v) for _, v in doc.servers(section)]
+def _names(listener: hdc.Listener) -> list[str]:
+    return [hdc.server_name(v) for _, v in listener.servers()]
 
 
 @settings(max_examples=200, deadline=None)
@@ -65,34 +65,42 @@ def test_generated_configs_round_trip(text: str) -> None:
 @settings(max_examples=200, deadline=None)
 @given(config(), st.sampled_from(["zz-new", "0123456789ab"]))
 def test_add_then_delete_gives_the_file_back_byte_identical(text: str, name: str) -> None:
-    doc = hdc.ConfigDoc(text, "gen.cfg")
-    section = doc.listener("target")
-    if name in _names(doc, section):
+    listener = hdc.Listener(text, "target", "gen.cfg")
+    if name in _names(listener):
         return
-    doc.put_server(section, f"{name} 127.0.0.1:1234 check", doc.template(section)[2])
-    added = doc.text()
+    listener.put_server(f"{name} 127.0.0.1:1234 check", listener.template()[2])
+    added = listener.text()
     assert added != text and f"server {name} 127.0.0.1:1234 check" in added
     assert hdc.ConfigDoc(added, "gen.cfg").text() == added
-    assert doc.remove_servers(section, {name}) == [name]
-    assert doc.text() == text
+    assert listener.remove_servers({name}) == [name]
+    assert listener.text() == text
 
 
 @settings(max_examples=100, deadline=None)
 @given(config(), st.lists(st.tuples(st.booleans(), st.sampled_from(["a", "b", "c", "d"]), st.integers(1, 65535)),
                           max_size=12))
 def test_random_adds_and_deletes_track_a_model_set(text: str, ops: list) -> None:
-    doc = hdc.ConfigDoc(text, "gen.cfg")
-    section = doc.listener("target")
-    indent = doc.template(section)[2]
-    model = set(_names(doc, section))
+    listener = hdc.Listener(text, "target", "gen.cfg")
+    indent = listener.template()[2]
+    model = set(_names(listener))
     for is_add, name, port in ops:
         if is_add:
-            doc.put_server(section, f"{name} 127.0.0.1:{port}", indent)
+            listener.put_server(f"{name} 127.0.0.1:{port}", indent)
             model.add(name)
         else:
-            doc.remove_servers(section, {name})
+            listener.remove_servers({name})
             model.discard(name)
-        reparsed = hdc.ConfigDoc(doc.text(), "gen.cfg")
-        names = _names(reparsed, reparsed.listener("target"))
+        names = _names(hdc.Listener(listener.text(), "target", "gen.cfg"))
         assert set(names) == model
         assert all(names.count(n) == 1 for n in "abcd" if n in model)
+
+
+@settings(max_examples=200, deadline=None)
+@given(config())
+def test_section_boundaries_agree_with_the_lens(text: str) -> None:
+    """Only the listener's section goes through Augeas: the split must be the lens's own."""
+    doc = hdc.ConfigDoc(text, "gen.cfg")
+    lens_sections = [(p.rsplit("/", 1)[1].split("[")[0], hdc.server_name(doc.aug.get(p)))
+                     for p in doc.aug.match("/cfg/*") if p.rsplit("/", 1)[1].split("[")[0] in hdc.SECTION_KEYWORDS]
+    split_sections = [(m.group(1), m.group(2) or "") for m in hdc.SECTION_HEADER.finditer(text)]
+    assert lens_sections == split_sections
