@@ -18,6 +18,8 @@ import logging
 import os
 import re
 import shutil
+import signal
+import socket
 import string
 import subprocess
 import sys
@@ -38,6 +40,7 @@ log = logging.getLogger("haproxy-docker-config")
 DEFAULT_CONFIG = "/etc/haproxy/haproxy.cfg"
 DEFAULT_PIDFILE = "/var/run/haproxy.pid"
 DEFAULT_LOCK_TIMEOUT = 30.0
+DEFAULT_DRAIN_TIMEOUT = 10.0
 
 EXIT_OK = 0
 EXIT_NOT_BALANCED = 1
@@ -85,6 +88,8 @@ let section = [ indent? . key section_kw . (ws . store rest)? . eol . body ]
 let lns = body . section*
 """ % "|".join(SECTION_KEYWORDS)
 
+STATS_SOCKET = re.compile(r"^[ \t]*stats[ \t]+socket[ \t]+([^ \t\r\n]+)([^\r\n]*)", re.MULTILINE)
+MASTER_WORKER = re.compile(r"^[ \t]*master-worker(?=[ \t\r\n]|$)", re.MULTILINE)
 TEMPLATE_MARK = re.compile(r"DOCKERSERVER(?:\s+|$)")
 ERB_VARIABLE = re.compile(r"<%=\s*(\w+)\s*%>")
 TEMPLATE_VARIABLES = ("id", "name", "ip", "port")
@@ -240,6 +245,43 @@ def default_host_ip(docker_url: str | None) -> str:
     return "127.0.0.1"
 
 
+def sections(text: str) -> list[tuple[str, str, int, int]]:
+    """(keyword, name, start, end) of every section, split on the lens's own section keywords."""
+    heads = [(m.start(), m.group(1), m.group(2) or "") for m in SECTION_HEADER.finditer(text)]
+    ends = [start for start, _, _ in heads[1:]] + [len(text)]
+    return [(kind, name, start, end) for (start, kind, name), end in zip(heads, ends)]
+
+
+@dataclasses.dataclass(frozen=True)
+class StatsSocket:
+    """A `stats socket` of the global section: where the Runtime API answers."""
+
+    address: str
+    admin: bool
+    expose_fd: bool
+
+
+def global_settings(text: str) -> tuple[list[StatsSocket], bool]:
+    """The stats sockets of the global section, and whether it asks for master-worker mode."""
+    sockets, master_worker = [], False
+    for kind, _, start, end in sections(text):
+        if kind != "global":
+            continue
+        master_worker = master_worker or bool(MASTER_WORKER.search(text, start, end))
+        for match in STATS_SOCKET.finditer(text, start, end):
+            words = match.group(2).split("#", 1)[0].split()
+            pairs = dict(zip(words, words[1:]))
+            sockets.append(StatsSocket(match.group(1), pairs.get("level", "operator") == "admin",
+                                       pairs.get("expose-fd") == "listeners"))
+    return sockets, master_worker
+
+
+def live_changes(before: dict[str, str], after: dict[str, str]) -> tuple[list[str], list[str]]:
+    """(server lines to add or update, server names to remove) between two server sets."""
+    upserts = [line for name, line in after.items() if before.get(name) != line]
+    return upserts, [name for name in before if name not in after]
+
+
 def _root_cause(exc: BaseException) -> str:
     """The innermost reason of a library error, e.g. 'Permission denied'."""
     while exc.__cause__ or exc.__context__:
@@ -353,19 +395,15 @@ class ConfigDoc:
 
 def listener_span(text: str, name: str, source: str) -> tuple[int, int, int]:
     """(start, end, first line) of the `listen NAME` or `backend NAME` section in text."""
-    headers = [(m.start(), m.group(1), m.group(2)) for m in SECTION_HEADER.finditer(text)]
-    named = [i for i, (_, _, n) in enumerate(headers) if n == name]
-    usable = [i for i in named if headers[i][1] in ("listen", "backend")]
+    named = [(kind, start, end) for kind, n, start, end in sections(text) if n == name]
+    usable = [(start, end) for kind, start, end in named if kind in ("listen", "backend")]
     if len(usable) > 1:
         raise ConfigError(f"{source}: listener {name} is defined {len(usable)} times; keep one")
     if not usable and named:
-        raise ConfigError(f"{source}: {name} is a {headers[named[0]][1]} section; "
-                          f"-l needs a listen or backend section")
+        raise ConfigError(f"{source}: {name} is a {named[0][0]} section; -l needs a listen or backend section")
     if not usable:
         raise ConfigError(f"{source}: no listen or backend section named {name}; check -l and -f")
-    i = usable[0]
-    start = headers[i][0]
-    end = headers[i + 1][0] if i + 1 < len(headers) else len(text)
+    (start, end), = usable
     return start, end, text.count("\n", 0, start) + 1
 
 
@@ -593,6 +631,115 @@ def _fsync_dir(path: Path) -> None:
 
 
 ###############################################################################
+# The Runtime API edge: changes applied to the running haproxy ################
+###############################################################################
+
+
+class RuntimeUnavailable(Exception):
+    """No haproxy answers on the stats socket: only the file changes."""
+
+
+def _connect(address: str) -> socket.socket:
+    """A connection to a stats socket written as haproxy writes it (path, unix@, abns@, ipv4@, ip:port)."""
+    family = re.match(r"(unix|abns|ipv4|ipv6|tcp|tcp4|tcp6)@", address)
+    kind = family.group(1) if family else ""
+    rest = address[family.end():] if family else address
+    if kind.startswith(("ip", "tcp")) or (not kind and re.fullmatch(r"[^/]*:\d+", rest)):
+        host, _, port = rest.rpartition(":")
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        target: Any = (host.strip("[]"), int(port))
+    else:
+        sock = socket.socket(socket.AF_UNIX)
+        target = ("\0" + rest) if kind == "abns" else rest
+    sock.settimeout(10)
+    try:
+        sock.connect(target)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class Runtime:
+    """haproxy's Runtime API on a stats socket at level admin, one connection per command."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+
+    def ask(self, command: str, *accepted: str) -> str:
+        """Send one command; unless its answer starts with one of `accepted`, haproxy refused it."""
+        log.info("runtime> %s", command)
+        try:
+            with _connect(self.address) as sock:
+                sock.sendall(command.encode() + b"\n")
+                answer = b"".join(iter(lambda: sock.recv(65536), b"")).decode(errors="replace").strip()
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise RuntimeUnavailable(f"no haproxy answers on {self.address} ({exc.strerror})") from exc
+        except OSError as exc:
+            raise HaproxyError(f"cannot use haproxy's stats socket {self.address} ({_root_cause(exc)})") from exc
+        log.info("haproxy< %s", answer or "(ok)")
+        if accepted and not any(answer.startswith(a) if a else not answer for a in accepted):
+            raise HaproxyError(f"haproxy refused '{command}': {answer or 'no answer'}")
+        return answer
+
+    def servers(self, backend: str) -> dict[str, tuple[str, int]]:
+        """Live servers of a backend: name -> (address, port)."""
+        answer = self.ask(f"show servers state {backend}", "1\n#")
+        rows = [line.split() for line in answer.splitlines()[2:]]
+        return {r[3]: (r[4], int(r[18])) for r in rows if len(r) > 18 and r[18].isdigit()}
+
+    def sessions(self, backend: str, name: str) -> int:
+        """Current plus queued sessions of one server."""
+        for line in self.ask(f"show stat {backend} 4 -1", "# pxname").splitlines()[1:]:
+            fields = line.split(",")
+            if fields[:2] == [backend, name]:
+                return int(fields[2] or 0) + int(fields[4] or 0)
+        return 0
+
+
+def apply_live(runtime: Runtime, backend: str, upserts: list[str], removals: list[str], drain: float) -> None:
+    """Apply the file's change to the running haproxy; HaproxyError when it refuses."""
+    live = runtime.servers(backend)
+    for line in upserts:
+        _upsert_live(runtime, backend, line, live)
+    for name in removals:
+        if name in live:
+            _remove_live(runtime, backend, name, drain)
+
+
+def _upsert_live(runtime: Runtime, backend: str, line: str, live: dict[str, tuple[str, int]]) -> None:
+    name, *words = line.split("#", 1)[0].split()
+    target = f"{backend}/{name}"
+    ip, port = split_address(words[0]) if words else (None, None)
+    if name in live:
+        if live[name] != (ip, port):
+            runtime.ask(f"set server {target} addr {ip} port {port}", "IP changed", "no need to change")
+        return
+    runtime.ask(f"add server {target} {' '.join(words)}", "New server registered")
+    if "check" in words[1:]:
+        runtime.ask(f"enable health {target}", "")
+    if "disabled" not in words[1:]:
+        runtime.ask(f"enable server {target}", "")
+
+
+def _remove_live(runtime: Runtime, backend: str, name: str, drain: float) -> None:
+    """Stop sending new requests, wait (bounded) for the current ones, then delete."""
+    target = f"{backend}/{name}"
+    runtime.ask(f"disable server {target}", "")
+    deadline = time.monotonic() + drain
+    while runtime.sessions(backend, name) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    while True:
+        try:
+            runtime.ask(f"del server {target}", "Server deleted")
+            return
+        except HaproxyError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.1)
+
+
+###############################################################################
 # Restarting haproxy ##########################################################
 ###############################################################################
 
@@ -620,10 +767,19 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def hot_restart(binary: str, config: str, pidfile: str) -> None:
-    """Start a new haproxy on the config; the old ones finish their connections (-sf)."""
+def hot_restart(binary: str, config: str, pidfile: str, expose_socket: str | None, master_worker: bool) -> None:
+    """Reload haproxy so that the old processes finish their connections.
+
+    A master-worker haproxy is reloaded by its master (SIGUSR2). Otherwise a new
+    haproxy starts with -sf; with -x it takes over the listening sockets from the
+    old one through a stats socket with `expose-fd listeners`, so no connection
+    is refused while the two swap.
+    """
     old = _pids_from(pidfile)
-    command = [binary, "-f", config, "-p", pidfile, "-D", "-sf", *map(str, old)]
+    if master_worker or _is_master(old[0]):
+        return _reload_master(old[0])
+    seamless = ["-x", expose_socket] if expose_socket else []
+    command = [binary, "-f", config, "-p", pidfile, "-D", *seamless, "-sf", *map(str, old)]
     log.info("running %s", " ".join(command))
     with tempfile.TemporaryFile("w+") as out:  # not a pipe: the daemon may keep it open
         code = subprocess.run(command, stdout=out, stderr=out, timeout=60).returncode
@@ -632,6 +788,37 @@ def hot_restart(binary: str, config: str, pidfile: str) -> None:
     if code != 0:
         raise HaproxyError("hot restart failed, the old haproxy keeps serving: "
                            + (_alerts(output, config, config) or f"exit {code}"))
+
+
+def _is_master(pid: int) -> bool:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"-W" in argv or b"-Ws" in argv
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.add(int(stat.parent.name))
+    return found
+
+
+def _reload_master(master: int) -> None:
+    """SIGUSR2 to the master, then wait for the new worker that proves the reload worked."""
+    before = _children(master)
+    log.info("reloading haproxy master %d (SIGUSR2)", master)
+    os.kill(master, signal.SIGUSR2)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if _children(master) - before:
+            return
+        time.sleep(0.05)
+    raise HaproxyError(f"haproxy master {master} started no new worker after SIGUSR2; "
+                       f"the old workers keep serving; see haproxy's log")
 
 
 def service_restart() -> None:
@@ -674,6 +861,7 @@ class Report:
     results: list[Result] = dataclasses.field(default_factory=list)
     changed: bool = False
     restarted: bool = False
+    runtime: str | None = None
     servers: list[str] | None = None
     diff: str | None = None
 
@@ -791,12 +979,13 @@ def _write_action(args: argparse.Namespace, action: str, refs: list[ContainerRef
         if not os.access(target, os.W_OK):
             raise ConfigError(f"{path} is read-only; make it writable or run as a user who may write it")
         listener = Listener(old, args.listen, str(path))
+        before = _server_lines(listener)
         report = Report(args.listen, action, _edit(args, action, refs, listener))
         new = listener.text()
         report.changed = new != old
         report.diff = unified_diff(str(path), old, new) if args.diff else None
         if report.changed:
-            _commit(args, target, old, new, binary, report)
+            _replace_and_apply(args, target, old, new, binary, report, live_changes(before, _server_lines(listener)))
         else:
             log.info("%s unchanged; nothing written, haproxy not restarted", path)
         _finish(args, report, listener)
@@ -810,17 +999,24 @@ def _edit(args: argparse.Namespace, action: str, refs: list[ContainerRef], liste
     return delete_containers(listener, refs, engine)
 
 
-def _commit(args: argparse.Namespace, target: Path, old: str, new: str, binary: str | None,
-            report: Report) -> None:
-    """Replace the file, then restart; an unvalidated change is rolled back if the restart fails."""
+def _server_lines(listener: Listener) -> dict[str, str]:
+    return {server_name(value): value for _, value in listener.servers()}
+
+
+def _replace_and_apply(args: argparse.Namespace, target: Path, old: str, new: str, binary: str | None,
+                       report: Report, changes: tuple[list[str], list[str]]) -> None:
+    """Replace the file, then apply it live or restart; an unvalidated change is rolled back
+    if the restart fails."""
     validator = None if args.no_validate else binary
     if validator is None and not args.dry_run:
         log.warning("warning: --no-validate: %s is replaced without haproxy -c", args.config)
     _replace(target, args.config, old, new, validator, args.dry_run)
     if args.dry_run:
         return
+    sockets, master_worker = global_settings(old)
     try:
-        report.restarted = _restart(args, binary)
+        if not _applied_live(args, sockets, changes, report):
+            report.restarted = _restart(args, binary, sockets, master_worker)
     except HaproxyError as exc:
         if validator is not None:
             raise
@@ -860,9 +1056,36 @@ def _validate(binary: str, candidate: Path, target: Path, shown: str) -> None:
     raise HaproxyError(f"haproxy rejects the changed {shown}; the file is left untouched", alerts)
 
 
-def _restart(args: argparse.Namespace, binary: str | None) -> bool:
+def _applied_live(args: argparse.Namespace, sockets: list[StatsSocket], changes: tuple[list[str], list[str]],
+                  report: Report) -> bool:
+    """Apply the change through the Runtime API when there is an admin stats socket."""
+    admin = [s.address for s in sockets if s.admin]
+    address = None if args.no_runtime else args.runtime_socket or (admin[0] if admin else None)
+    if address is None:
+        return False
+    try:
+        apply_live(Runtime(address), args.listen, *changes, args.drain_timeout)
+    except RuntimeUnavailable as exc:
+        log.info("%s; only the file is changed", exc)
+        report.runtime = "unavailable"
+        return False
+    except HaproxyError as exc:
+        report.runtime = "refused"
+        if args.hot_restart is None and not args.restart:
+            raise HaproxyError(f"{exc}; {args.config} is updated: reload haproxy to apply it, or give -h") from exc
+        log.warning("warning: %s; restarting haproxy instead", exc)
+        return False
+    log.info("applied live through %s", address)
+    report.runtime = "applied"
+    return True
+
+
+def _restart(args: argparse.Namespace, binary: str | None, sockets: list[StatsSocket], master_worker: bool) -> bool:
     if args.hot_restart is not None:
-        hot_restart(binary or "haproxy", args.config, args.hot_restart)
+        exposed = [s.address.removeprefix("unix@") for s in sockets
+                   if s.expose_fd and re.fullmatch(r"(unix@)?[^@]*/[^@]*", s.address)]
+        hot_restart(binary or "haproxy", args.config, args.hot_restart, exposed[0] if exposed else None,
+                    master_worker)
         log.info("haproxy hot-restarted")
         return True
     if args.restart:
@@ -984,6 +1207,14 @@ def build_parser() -> _Parser:
     p.add_argument("--dry-run", action="store_true",
                    help="Do everything up to and including validation; write and restart nothing")
     p.add_argument("--diff", action="store_true", help="Print a unified diff of the config change")
+    p.add_argument("--runtime-socket", metavar="PATH",
+                   help="haproxy stats socket (level admin) for live changes "
+                        "(default: the first 'stats socket ... level admin' of the global section)")
+    p.add_argument("--no-runtime", action="store_true",
+                   help="Do not apply changes through the Runtime API; only write the file (and restart)")
+    p.add_argument("--drain-timeout", metavar="SECONDS", type=_seconds, default=DEFAULT_DRAIN_TIMEOUT,
+                   help=f"On live delete, wait this long for the server's sessions to end "
+                        f"(default {DEFAULT_DRAIN_TIMEOUT:g})")
     p.add_argument("--lock-timeout", metavar="SECONDS", type=_seconds, default=DEFAULT_LOCK_TIMEOUT,
                    help=f"Wait this long for another run's lock (default {DEFAULT_LOCK_TIMEOUT:g})")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")

@@ -33,7 +33,9 @@ def wait_answers(port: int, expected: set[str], timeout: float = 5.0) -> Counter
 
 def test_the_seed_example_session(tmp_path, make_container, haproxy) -> None:
     c1, c2, c3, c4 = (make_container() for _ in range(4))
-    cfg = write_config(tmp_path, template="<%= id %> <%= ip %>:<%= port %> check inter 2000 rise 2 fall 5")
+    # As in the original: no stats socket, so every change goes through a hot restart.
+    cfg = write_config(tmp_path, template="<%= id %> <%= ip %>:<%= port %> check inter 2000 rise 2 fall 5",
+                       stats_socket=False)
     haproxy(cfg)
     base = ["-f", str(cfg.path), "-l", "dockerha-app1"]
 
@@ -68,7 +70,8 @@ def test_hot_restart_replaces_the_old_processes(tmp_path, make_container, haprox
     cfg = write_config(tmp_path)
     old = set(haproxy(cfg))
     c = make_container()
-    result = run_cli("-f", str(cfg.path), "-l", "dockerha-app1", "-a", c.short_id, "-h", str(cfg.pidfile))
+    result = run_cli("-f", str(cfg.path), "-l", "dockerha-app1", "-a", c.short_id, "-h", str(cfg.pidfile),
+                     "--no-runtime")
     assert result.returncode == 0, result.stderr
     new = set(haproxy_pids(cfg))
     assert new and not new & old

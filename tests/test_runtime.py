@@ -1,0 +1,145 @@
+"""Changes applied to a running haproxy through its Runtime API, and seamless reloads."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+from conftest import haproxy_pids, host_port, http_get, run_cli, write_config
+
+SEAMLESS = "expose-fd listeners"
+
+
+def cli(cfg, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_cli("-f", str(cfg.path), "-l", "dockerha-app1", *args)
+
+
+def served_by(port: int, n: int = 12) -> set[str]:
+    return {http_get(port) for _ in range(n)}
+
+
+def test_add_and_delete_apply_live_without_a_restart(tmp_path, make_container, haproxy) -> None:
+    cfg = write_config(tmp_path)
+    pids = haproxy(cfg)
+    a, b = make_container(), make_container()
+    added = cli(cfg, "-a", f"{a.short_id},{b.short_id}", "-h", str(cfg.pidfile), "--json")
+    doc = json.loads(added.stdout)
+    assert (added.returncode, doc["runtime"], doc["restarted"]) == (0, "applied", False)
+    assert served_by(cfg.port) == {a.short_id, b.short_id}  # at once: no reload happened
+    deleted = cli(cfg, "-d", b.short_id, "--json")
+    assert json.loads(deleted.stdout)["runtime"] == "applied"
+    assert served_by(cfg.port, 20) == {a.short_id}
+    assert haproxy_pids(cfg) == pids
+    assert [ln.split()[1] for ln in cfg.path.read_text().splitlines() if ln.strip().startswith("server ")] == [a.short_id]
+
+
+def test_verbose_shows_each_runtime_command_and_answer(tmp_path, make_container, haproxy) -> None:
+    cfg = write_config(tmp_path)
+    haproxy(cfg)
+    c = make_container()
+    result = cli(cfg, "-a", c.short_id, "-v")
+    target = f"dockerha-app1/{c.short_id}"
+    assert f"runtime> add server {target} 127.0.0.1:{host_port(c)} check inter 2000 rise 2 fall 5\n" \
+           "haproxy< New server registered.\n" in result.stderr
+    assert f"runtime> enable health {target}\nhaproxy< (ok)\nruntime> enable server {target}\n" in result.stderr
+
+
+def test_readding_a_recreated_container_updates_the_live_address(tmp_path, make_container, haproxy) -> None:
+    cfg = write_config(tmp_path, template="$name ${ip}:$port check")
+    haproxy(cfg)
+    first = make_container(name="hdc-recreated")
+    assert cli(cfg, "-a", "hdc-recreated").returncode == 0
+    first.remove(force=True)
+    second = make_container(name="hdc-recreated")
+    assert host_port(second) != host_port(first)
+    result = cli(cfg, "-a", "hdc-recreated", "-v")
+    assert f"runtime> set server dockerha-app1/hdc-recreated addr 127.0.0.1 port {host_port(second)}" in result.stderr
+    assert http_get(cfg.port) == second.short_id
+    assert cfg.path.read_text().count("server hdc-recreated ") == 1
+
+
+def test_a_keyword_refused_live_without_h_says_reload_needed(tmp_path, make_container, haproxy) -> None:
+    cfg = write_config(tmp_path, template="$id ${ip}:$port check cookie $id")
+    pids = haproxy(cfg)
+    c = make_container()
+    result = cli(cfg, "-a", c.short_id)
+    assert result.returncode == 5
+    assert result.stderr.startswith(f"ERROR: haproxy refused 'add server dockerha-app1/{c.short_id} ")
+    assert result.stderr.endswith(f"; {cfg.path} is updated: reload haproxy to apply it, or give -h\n")
+    assert f"server {c.short_id} " in cfg.path.read_text() and haproxy_pids(cfg) == pids
+
+
+def test_a_keyword_refused_live_falls_back_to_hot_restart(tmp_path, make_container, haproxy) -> None:
+    cfg = write_config(tmp_path, template="$id ${ip}:$port check cookie $id")
+    pids = haproxy(cfg)
+    c = make_container()
+    result = cli(cfg, "-a", c.short_id, "-h", str(cfg.pidfile), "--json")
+    doc = json.loads(result.stdout)
+    assert (result.returncode, doc["runtime"], doc["restarted"]) == (0, "refused", True)
+    assert "restarting haproxy instead" in result.stderr
+    assert set(haproxy_pids(cfg)).isdisjoint(pids)
+    assert http_get(cfg.port) == c.short_id
+
+
+def test_a_backend_without_dynamic_balancing_falls_back(tmp_path, make_container, haproxy) -> None:
+    cfg = write_config(tmp_path)
+    cfg.path.write_text(cfg.path.read_text().replace("balance roundrobin", "balance source"))
+    haproxy(cfg)
+    c = make_container()
+    result = cli(cfg, "-a", c.short_id, "-h", str(cfg.pidfile), "--json")
+    assert result.returncode == 0 and json.loads(result.stdout)["runtime"] == "refused"
+    assert http_get(cfg.port) == c.short_id
+
+
+def test_no_haproxy_on_the_socket_only_writes_the_file(tmp_path, make_container) -> None:
+    cfg = write_config(tmp_path)  # a stats socket is configured, but no haproxy runs
+    c = make_container()
+    result = cli(cfg, "-a", c.short_id, "--json")
+    assert result.returncode == 0 and json.loads(result.stdout)["runtime"] == "unavailable"
+    assert f"server {c.short_id} " in cfg.path.read_text()
+
+
+def test_no_runtime_restarts_instead(tmp_path, make_container, haproxy) -> None:
+    cfg = write_config(tmp_path)
+    pids = haproxy(cfg)
+    c = make_container()
+    result = cli(cfg, "-a", c.short_id, "--no-runtime", "-h", str(cfg.pidfile), "--json")
+    doc = json.loads(result.stdout)
+    assert (doc["runtime"], doc["restarted"]) == (None, True)
+    assert set(haproxy_pids(cfg)).isdisjoint(pids)
+
+
+def test_hot_restart_passes_the_listeners_with_x(tmp_path, make_container, haproxy) -> None:
+    cfg = write_config(tmp_path)
+    cfg.path.write_text(cfg.path.read_text().replace("level admin", f"level admin {SEAMLESS}"))
+    haproxy(cfg)
+    c = make_container()
+    result = cli(cfg, "-a", c.short_id, "--no-runtime", "-h", str(cfg.pidfile), "-v")
+    assert result.returncode == 0
+    assert f" -x {cfg.sock} -sf " in result.stderr
+    assert http_get(cfg.port) == c.short_id
+
+
+def test_master_worker_haproxy_is_reloaded_through_its_master(tmp_path, make_container) -> None:
+    cfg = write_config(tmp_path)
+    subprocess.run(["haproxy", "-W", "-D", "-f", str(cfg.path), "-p", str(cfg.pidfile)], check=True)
+    master = haproxy_pids(cfg)[0]
+    try:
+        c = make_container()
+        result = cli(cfg, "-a", c.short_id, "--no-runtime", "-h", str(cfg.pidfile), "-v")
+        assert result.returncode == 0, result.stderr
+        assert f"reloading haproxy master {master} (SIGUSR2)" in result.stderr
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                if http_get(cfg.port) == c.short_id:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.1)
+        assert http_get(cfg.port) == c.short_id
+        assert haproxy_pids(cfg) == [master]
+    finally:
+        subprocess.run(["pkill", "-KILL", "-P", str(master)])
+        subprocess.run(["kill", "-KILL", str(master)])
