@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -248,3 +250,12 @@ def test_a_tcp_engine_url_gives_its_host_as_address(capsys, cfg, make_container,
     monkeypatch.setenv("DOCKER_HOST", docker_tcp_url)  # the environment, as docker itself reads it
     assert run(capsys, "-f", str(cfg.path), "-l", "dockerha-app1", "-a", c.short_id, "--host-ip", "127.0.0.3") == (
         0, "%-20s\tbalanced\t127.0.0.3:%d\n" % (c.short_id, host_port(c)), "")
+
+
+@pytest.mark.parametrize("args, imports_docker", [(["-s"], False), (["-c"], False), (["--verify"], True)])
+def test_show_and_check_without_ids_import_no_docker_code(cfg, args: list, imports_docker: bool) -> None:
+    code = ("import sys, haproxy_docker_config as h; h.main(sys.argv[1:]); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'docker', 'requests', 'urllib3'}))")
+    result = subprocess.run([sys.executable, "-c", code, "-f", str(cfg.path), "-l", "dockerha-app1", *args],
+                            capture_output=True, text=True)
+    assert result.stdout.splitlines()[-1] == ("['docker', 'requests', 'urllib3']" if imports_docker else "[]")
