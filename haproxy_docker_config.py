@@ -16,6 +16,7 @@ import fcntl
 import json
 import logging
 import os
+import queue
 import re
 import shutil
 import signal
@@ -24,10 +25,11 @@ import string
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 __version__ = "0.1.0"
 
@@ -95,6 +97,12 @@ ERB_VARIABLE = re.compile(r"<%=\s*(\w+)\s*%>")
 TEMPLATE_VARIABLES = ("id", "name", "ip", "port")
 CONTAINER_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 WILDCARD_IPS = ("", "0.0.0.0", "::")
+LABEL_LISTEN = "haproxy-docker-config.listen"
+LABEL_PORT = "haproxy-docker-config.port"
+#: Container events that can change which containers a listener should hold.
+WATCH_EVENTS = ("start", "die", "stop", "kill", "pause", "unpause", "destroy", "health_status")
+#: What each template variable may look like in a server line the tool wrote.
+VARIABLE_PATTERNS = {"id": "[0-9a-f]{12}", "name": "[A-Za-z0-9][A-Za-z0-9_.-]*", "ip": r"\S+", "port": "[0-9]+"}
 
 ###############################################################################
 # Errors ######################################################################
@@ -282,6 +290,37 @@ def live_changes(before: dict[str, str], after: dict[str, str]) -> tuple[list[st
     return upserts, [name for name in before if name not in after]
 
 
+def parse_filters(items: list[str]) -> dict[str, list[str]]:
+    """`KEY=VALUE` items in Docker's filter syntax (`label=app=web`) as a filters dict."""
+    filters: dict[str, list[str]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise UsageError(f"--filter {item!r} is not KEY=VALUE, e.g. label=app=web or ancestor=IMAGE")
+        filters.setdefault(key, []).append(value)
+    return filters
+
+
+def list_ports(ports: list[dict[str, Any]] | None) -> dict[str, list[dict[str, str]]]:
+    """A list call's Ports in the shape of an inspect's NetworkSettings.Ports."""
+    result: dict[str, list[dict[str, str]]] = {}
+    for port in ports or ():
+        if port.get("PublicPort"):
+            key = f"{port['PrivatePort']}/{port.get('Type', 'tcp')}"
+            result.setdefault(key, []).append({"HostIp": port.get("IP", ""), "HostPort": str(port["PublicPort"])})
+    return result
+
+
+def template_pattern(template: str) -> re.Pattern[str]:
+    """Matches the server lines this template renders: the servers the tool manages."""
+    marks = {name: f"\0{name}\0" for name in TEMPLATE_VARIABLES}
+    words = render_template(template, marks).split()
+    pattern = r"\s+".join(re.escape(word) for word in words)
+    for name, mark in marks.items():
+        pattern = pattern.replace(re.escape(mark), VARIABLE_PATTERNS[name])
+    return re.compile(pattern)
+
+
 def _root_cause(exc: BaseException) -> str:
     """The innermost reason of a library error, e.g. 'Permission denied'."""
     while exc.__cause__ or exc.__context__:
@@ -448,9 +487,10 @@ class Listener:
 class Engine:
     """A Docker Engine reached lazily: show and check without ids never import docker."""
 
-    def __init__(self, url: str | None, timeout: float = 30.0) -> None:
+    def __init__(self, url: str | None, timeout: float = 30.0, host_ip: str | None = None) -> None:
         self.url = url
         self.timeout = timeout
+        self.host_ip = host_ip or default_host_ip(url)
         self._api: Any = None
 
     def describe(self) -> str:
@@ -461,6 +501,10 @@ class Engine:
         if self._api is None:
             self._api = self._connect()
         return self._api
+
+    def forget(self) -> None:
+        """Drop the connection, so the next use reconnects (after the engine restarted)."""
+        self._api = None
 
     def _connect(self) -> Any:
         import docker
@@ -490,10 +534,14 @@ class Engine:
 
     def running(self) -> list[dict[str, Any]]:
         """Every running container, in one API call."""
+        return self.containers({"status": ["running"]})
+
+    def containers(self, filters: dict[str, list[str]], everything: bool = False) -> list[dict[str, Any]]:
+        """The containers Docker's own filters select, in one API call."""
         import docker
 
         try:
-            return self.api.containers(filters={"status": "running"})
+            return self.api.containers(all=everything, filters=filters)
         except docker.errors.DockerException as exc:
             raise DockerError(f"cannot list containers at {self.describe()} "
                               f"({_root_cause(exc)}); start dockerd or give --docker-url") from exc
@@ -850,13 +898,14 @@ class Result:
     server: str | None = None
     ip: str | None = None
     port: int | None = None
+    listener: str | None = None
 
 
 @dataclasses.dataclass
 class Report:
     """Everything one invocation has to say; rendered as plain text, JSON or YAML."""
 
-    listener: str
+    listener: str | None
     action: str
     results: list[Result] = dataclasses.field(default_factory=list)
     changed: bool = False
@@ -926,6 +975,84 @@ def verify_servers(listener: Listener, engine: Engine) -> list[Result]:
             for _, value in listener.servers()]
 
 
+@dataclasses.dataclass
+class Fleet:
+    """What the engines say: the selected running containers, and who owns what when one is down."""
+
+    selected: list[tuple[dict[str, Any], str]]  # (container as listed, address of its engine's host)
+    known: list[dict[str, Any]] | None = None  # every container of the engines that answered, if one did not
+
+    def may_remove(self, name: str) -> bool:
+        """A server is only removed when its container is known to an engine that answered."""
+        return self.known is None or is_backed(name, self.known)
+
+
+def gather(engines: list[Engine], filters: dict[str, list[str]], everything: bool = False) -> Fleet:
+    """List the selected containers of every engine; an engine that is down keeps its servers."""
+    selected, down = [], []
+    for engine in engines:
+        try:
+            selected += [(c, engine.host_ip) for c in engine.containers(filters, everything)]
+        except DockerError as exc:
+            log.warning("warning: %s; its servers are left as they are", exc)
+            down.append(engine)
+    if len(down) == len(engines):
+        raise DockerError(f"no Docker engine answered ({', '.join(e.describe() for e in engines)}); "
+                          f"start dockerd or check --docker-url")
+    if not down:
+        return Fleet(selected)
+    return Fleet(selected, [c for e in engines if e not in down for c in e.containers({}, everything=True)])
+
+
+def desired_servers(template: str, fleet: Fleet) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Server name -> (line, values) for every selected healthy container; others are skipped."""
+    wanted = {}
+    for container, host_ip in fleet.selected:
+        name = (container.get("Names") or ["/" + container["Id"][:12]])[0].lstrip("/")
+        if container.get("State", "running") != "running":
+            continue
+        if "(unhealthy)" in container.get("Status", ""):
+            log.info("%s is unhealthy; it stays out of balancing", name)
+            continue
+        port = (container.get("Labels") or {}).get(LABEL_PORT, "")
+        ref = ContainerRef(name, int(port) if port.isdigit() else None)
+        try:
+            ip, host_port = choose_endpoint(ref, list_ports(container.get("Ports")), host_ip)
+        except DockerError as exc:
+            log.warning("warning: %s (or label it %s=PORT); skipped", exc, LABEL_PORT)
+            continue
+        values = {"id": container["Id"][:12], "name": name, "ip": ip, "port": host_port}
+        line = render_template(template, values)
+        wanted[server_name(line)] = (line, values)
+    return wanted
+
+
+def sync_listener(listener: Listener, fleet: Fleet) -> list[Result]:
+    """Add or update every selected container; remove managed servers no longer selected."""
+    _, template, indent = listener.template()
+    current = {server_name(v): v for _, v in listener.servers()}
+    wanted = desired_servers(template, fleet)
+    results = []
+    for name, (line, values) in wanted.items():
+        if current.get(name) != line:
+            listener.put_server(line, indent)
+            results.append(Result(name, "updated" if name in current else "added", name, values["ip"], values["port"]))
+    return results + _remove_managed(listener, template, lambda name: name not in wanted and fleet.may_remove(name))
+
+
+def prune_listener(listener: Listener, fleet: Fleet) -> list[Result]:
+    """Remove the managed servers whose containers no longer run."""
+    running = [container for container, _ in fleet.selected]
+    return _remove_managed(listener, listener.template()[1],
+                           lambda name: not is_backed(name, running) and fleet.may_remove(name))
+
+
+def _remove_managed(listener: Listener, template: str, unwanted: Callable[[str], bool]) -> list[Result]:
+    managed = template_pattern(template)
+    gone = {server_name(v) for _, v in listener.servers() if managed.fullmatch(v) and unwanted(server_name(v))}
+    return [Result(name, "removed", name) for name in listener.remove_servers(gone)]
+
+
 def _server_result(value: str, status: str) -> Result:
     name = server_name(value)
     words = value.split()
@@ -938,27 +1065,41 @@ def _server_result(value: str, status: str) -> Result:
 ###############################################################################
 
 
+ACTIONS = ("add", "delete", "check", "verify", "sync", "prune", "watch")
+
+
 def _action(args: argparse.Namespace) -> str:
-    for action in ("add", "delete", "check", "verify"):
-        if getattr(args, action) not in (None, False):
-            return action
-    if args.show:
-        return "show"
-    raise UsageError("nothing to do; give --add, --delete, --check, --verify or --show")
+    action = next((a for a in ACTIONS if getattr(args, a) not in (None, False)), "show" if args.show else None)
+    if action is None:
+        raise UsageError("nothing to do; give --add, --delete, --check, --verify, --sync, --prune, --watch or --show")
+    if args.listen is None and action not in ("sync", "watch"):
+        raise UsageError("the following arguments are required: -l/--listen; see --help")
+    if len(args.docker_url or ()) > 1 and action not in ("sync", "prune", "watch"):
+        raise UsageError("--docker-url may be given more than once only with --sync, --prune or --watch")
+    if args.filter and action not in ("sync", "watch"):
+        raise UsageError("--filter selects containers for --sync or --watch only")
+    return action
+
+
+def _engines(args: argparse.Namespace) -> list[Engine]:
+    return [Engine(url, host_ip=args.host_ip) for url in (args.docker_url or [None])]
 
 
 def run(args: argparse.Namespace) -> Report:
     """Carry out one invocation; raises HdcError for anything that stops it."""
     action = _action(args)
-    refs = parse_id_list(args.add, True) if action == "add" else \
-        parse_id_list(args.delete, False) if action == "delete" else \
-        parse_id_list(args.check, False) if action == "check" and args.check else []
+    if action == "watch":
+        return watch(args)
+    if action in ("sync", "prune"):
+        return sync(args, action, _engines(args), set())
     if action in ("add", "delete"):
-        return _write_action(args, action, refs)
+        refs = parse_id_list(args.add if action == "add" else args.delete, action == "add")
+        return _write(args, action, args.listen, lambda listener: _edit(args, action, refs, listener))
+    refs = parse_id_list(args.check, False) if action == "check" and args.check else []
     path = Path(args.config)
     listener = Listener(read_config(path), args.listen, str(path))
     report = Report(args.listen, action)
-    engine = Engine(args.docker_url)
+    engine = _engines(args)[0]
     if action == "check":
         report.results = check_containers(listener, refs, engine)
     elif action == "verify":
@@ -967,8 +1108,8 @@ def run(args: argparse.Namespace) -> Report:
     return report
 
 
-def _write_action(args: argparse.Namespace, action: str, refs: list[ContainerRef]) -> Report:
-    """Edit under the lock; write and restart only when the bytes really changed."""
+def _write(args: argparse.Namespace, action: str, name: str, edit: Callable[[Listener], list[Result]]) -> Report:
+    """Edit one listener under the lock; write and restart only when the bytes really changed."""
     path = Path(args.config)
     target = Path(os.path.realpath(path))
     needs_haproxy = not args.no_validate or args.hot_restart is not None
@@ -978,24 +1119,58 @@ def _write_action(args: argparse.Namespace, action: str, refs: list[ContainerRef
         old = read_config(path)
         if not os.access(target, os.W_OK):
             raise ConfigError(f"{path} is read-only; make it writable or run as a user who may write it")
-        listener = Listener(old, args.listen, str(path))
+        listener = Listener(old, name, str(path))
         before = _server_lines(listener)
-        report = Report(args.listen, action, _edit(args, action, refs, listener))
+        report = Report(name, action, edit(listener))
         new = listener.text()
         report.changed = new != old
         report.diff = unified_diff(str(path), old, new) if args.diff else None
         if report.changed:
-            _replace_and_apply(args, target, old, new, binary, report, live_changes(before, _server_lines(listener)))
+            _replace_and_apply(args, name, target, old, new, binary, report,
+                               live_changes(before, _server_lines(listener)))
         else:
             log.info("%s unchanged; nothing written, haproxy not restarted", path)
         _finish(args, report, listener)
     return report
 
 
+def sync(args: argparse.Namespace, action: str, engines: list[Engine], remembered: set[str]) -> Report:
+    """--sync / --prune: one pass over the listener -l, or every listener that labels name."""
+    if action == "prune":
+        fleets = {args.listen: gather(engines, {"status": ["running"]})}
+    elif args.listen:
+        default = {"label": [f"{LABEL_LISTEN}={args.listen}"]}
+        selection = dict(parse_filters(args.filter or []) or default, status=["running"])
+        fleets = {args.listen: gather(engines, selection)}
+    else:
+        fleets = _labelled_fleets(gather(engines, {"label": [LABEL_LISTEN]}, everything=True), remembered)
+    total = Report(args.listen, action)
+    for name, fleet in fleets.items():
+        edit = prune_listener if action == "prune" else sync_listener
+        part = _write(args, action, name, lambda listener, f=fleet: edit(listener, f))
+        for result in part.results:
+            result.listener = name
+        total.results += part.results
+        total.changed |= part.changed
+        total.restarted |= part.restarted
+        total.runtime = part.runtime or total.runtime
+        total.diff = (total.diff or "") + part.diff if part.diff else total.diff
+        total.servers = part.servers if args.listen else None
+    return total
+
+
+def _labelled_fleets(fleet: Fleet, remembered: set[str]) -> dict[str, Fleet]:
+    """One fleet per listener that a container's label names (any state, so emptied ones are synced too)."""
+    remembered.update((c.get("Labels") or {}).get(LABEL_LISTEN, "") for c, _ in fleet.selected)
+    remembered.discard("")
+    return {name: Fleet([(c, ip) for c, ip in fleet.selected if (c.get("Labels") or {}).get(LABEL_LISTEN) == name],
+                        fleet.known) for name in sorted(remembered)}
+
+
 def _edit(args: argparse.Namespace, action: str, refs: list[ContainerRef], listener: Listener) -> list[Result]:
-    engine = Engine(args.docker_url)
+    engine = _engines(args)[0]
     if action == "add":
-        return add_containers(listener, refs, engine, args.host_ip or default_host_ip(args.docker_url))
+        return add_containers(listener, refs, engine, engine.host_ip)
     return delete_containers(listener, refs, engine)
 
 
@@ -1003,8 +1178,8 @@ def _server_lines(listener: Listener) -> dict[str, str]:
     return {server_name(value): value for _, value in listener.servers()}
 
 
-def _replace_and_apply(args: argparse.Namespace, target: Path, old: str, new: str, binary: str | None,
-                       report: Report, changes: tuple[list[str], list[str]]) -> None:
+def _replace_and_apply(args: argparse.Namespace, name: str, target: Path, old: str, new: str,
+                       binary: str | None, report: Report, changes: tuple[list[str], list[str]]) -> None:
     """Replace the file, then apply it live or restart; an unvalidated change is rolled back
     if the restart fails."""
     validator = None if args.no_validate else binary
@@ -1015,7 +1190,7 @@ def _replace_and_apply(args: argparse.Namespace, target: Path, old: str, new: st
         return
     sockets, master_worker = global_settings(old)
     try:
-        if not _applied_live(args, sockets, changes, report):
+        if not _applied_live(args, name, sockets, changes, report):
             report.restarted = _restart(args, binary, sockets, master_worker)
     except HaproxyError as exc:
         if validator is not None:
@@ -1056,15 +1231,15 @@ def _validate(binary: str, candidate: Path, target: Path, shown: str) -> None:
     raise HaproxyError(f"haproxy rejects the changed {shown}; the file is left untouched", alerts)
 
 
-def _applied_live(args: argparse.Namespace, sockets: list[StatsSocket], changes: tuple[list[str], list[str]],
-                  report: Report) -> bool:
+def _applied_live(args: argparse.Namespace, name: str, sockets: list[StatsSocket],
+                  changes: tuple[list[str], list[str]], report: Report) -> bool:
     """Apply the change through the Runtime API when there is an admin stats socket."""
     admin = [s.address for s in sockets if s.admin]
     address = None if args.no_runtime else args.runtime_socket or (admin[0] if admin else None)
     if address is None:
         return False
     try:
-        apply_live(Runtime(address), args.listen, *changes, args.drain_timeout)
+        apply_live(Runtime(address), name, *changes, args.drain_timeout)
     except RuntimeUnavailable as exc:
         log.info("%s; only the file is changed", exc)
         report.runtime = "unavailable"
@@ -1100,6 +1275,84 @@ def _finish(args: argparse.Namespace, report: Report, listener: Listener) -> Non
 
 
 ###############################################################################
+# Watching the engines ########################################################
+###############################################################################
+
+
+def watch(args: argparse.Namespace) -> Report:
+    """--watch: sync, then sync again on every burst of container events, until SIGTERM/SIGINT."""
+    engines = _engines(args)
+    total, remembered = Report(args.listen, "watch"), set()
+    events: queue.Queue[Any] = queue.Queue()
+    stop = threading.Event()
+    handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for engine in engines:
+            threading.Thread(target=_follow, args=(engine, events, stop), daemon=True).start()
+        _watch_pass(args, engines, total, remembered)
+        while _next_burst(events, stop):
+            _watch_pass(args, engines, total, remembered)
+    finally:
+        stop.set()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    log.warning("stopped watching; %s is complete", args.config)
+    return total
+
+
+def _watch_pass(args: argparse.Namespace, engines: list[Engine], total: Report, remembered: set[str]) -> None:
+    """One sync; an error is logged and the watch goes on (the next event or reconnect retries)."""
+    try:
+        report = sync(args, "sync", engines, remembered)
+    except HdcError as exc:
+        log.warning("ERROR: %s", exc)
+        return
+    for r in report.results:
+        where = f" {r.ip}:{r.port}" if r.port else ""
+        log.warning("%s %s/%s%s", r.status, r.listener, r.server, where)
+    total.results += report.results
+    total.changed |= report.changed
+    total.restarted |= report.restarted
+
+
+def _follow(engine: Engine, events: queue.Queue[Any], stop: threading.Event) -> None:
+    """Feed one engine's container events to the queue; reconnect with backoff when it drops."""
+    backoff = 0.5
+    while not stop.is_set():
+        try:
+            stream = engine.api.events(decode=True, filters={"type": ["container"], "event": list(WATCH_EVENTS)})
+            events.put("connected")  # resync: events missed while away are not lost
+            backoff = 0.5
+            for event in stream:
+                events.put(event)
+                log.info("event %s %s", event.get("status"), event.get("id", "")[:12])
+        except Exception as exc:  # any failure of the stream means: reconnect
+            log.warning("warning: lost the events of %s (%s); retrying in %gs", engine.describe(),
+                        _root_cause(exc), backoff)
+        engine.forget()
+        stop.wait(backoff)
+        backoff = min(backoff * 2, 10.0)
+
+
+def _next_burst(events: queue.Queue[Any], stop: threading.Event, quiet: float = 0.2, span: float = 0.5) -> bool:
+    """Wait for an event, then for the burst around it to settle; False once asked to stop."""
+    while True:
+        try:
+            events.get(timeout=0.2)
+            break
+        except queue.Empty:
+            if stop.is_set():
+                return False
+    deadline = time.monotonic() + span
+    while not stop.is_set() and time.monotonic() < deadline:
+        try:
+            events.get(timeout=min(quiet, max(0.0, deadline - time.monotonic())))
+        except queue.Empty:
+            break
+    return not stop.is_set()
+
+
+###############################################################################
 # Output ######################################################################
 ###############################################################################
 
@@ -1107,11 +1360,12 @@ def _finish(args: argparse.Namespace, report: Report, listener: Listener) -> Non
 def render_plain(report: Report, verbose: bool) -> str:
     """The seed's plain output, byte for byte."""
     lines = []
-    for r in report.results:
-        if report.action == "add":
-            lines.append("%-20s\tbalanced\t%s:%s" % (r.id, r.ip, r.port))
+    for r in report.results if report.action != "watch" else ():
+        who = f"{r.listener}/{r.id}" if report.listener is None else r.id
+        if report.action == "add" or r.status in ("added", "updated"):
+            lines.append("%-20s\t%s\t%s:%s" % (who, r.status, r.ip, r.port))
         elif report.action != "delete" or verbose:
-            lines.append("%-20s\t%s" % (r.id, r.status))
+            lines.append("%-20s\t%s" % (who, r.status))
     lines.extend(report.servers or ())
     text = "".join(line + "\n" for line in lines)
     return (report.diff or "") + text
@@ -1173,8 +1427,9 @@ def build_parser() -> _Parser:
         description="Keep an HAProxy listen/backend section in step with Docker containers.",
         epilog=EXIT_STATUS_HELP)
     p.add_argument("--help", action="help", help="Show help details")
-    p.add_argument("-l", "--listen", metavar="LISTENER", required=True,
-                   help="Perform actions on the listen or backend section LISTENER. Mandatory")
+    p.add_argument("-l", "--listen", metavar="LISTENER",
+                   help="Perform actions on the listen or backend section LISTENER. Mandatory, "
+                        "except for --sync/--watch, which then serve every listener that container labels name")
     act = p.add_mutually_exclusive_group()
     act.add_argument("-a", "--add", metavar="ID1[:PORT][,ID2[:PORT],...]",
                      help="Add containers (id, unique id prefix or name) with optional private port; "
@@ -1184,6 +1439,14 @@ def build_parser() -> _Parser:
                      help="Check if containers are balanced by LISTENER; no ids: list every balanced container")
     act.add_argument("--verify", action="store_true",
                      help="Check that every server of LISTENER is a running container")
+    act.add_argument("--sync", action="store_true",
+                     help=f"Add every selected running container, update changed ones, remove managed servers "
+                          f"whose containers are gone or no longer selected (selection: --filter, else "
+                          f"the label {LABEL_LISTEN}=LISTENER)")
+    act.add_argument("--prune", action="store_true",
+                     help="Remove the managed servers of LISTENER whose containers no longer run")
+    act.add_argument("--watch", action="store_true",
+                     help="--sync, then follow Docker's events and sync again on every change, until SIGTERM")
     restart = p.add_mutually_exclusive_group()
     restart.add_argument("-r", "--restart", action="store_true",
                          help="Restart haproxy after a change (systemctl, else service haproxy restart)")
@@ -1196,8 +1459,12 @@ def build_parser() -> _Parser:
     fmt.add_argument("--json", dest="format", action="store_const", const="json", help="Output as JSON")
     p.add_argument("-f", "--config", metavar="PATH", default=DEFAULT_CONFIG,
                    help=f"haproxy config file (default {DEFAULT_CONFIG})")
-    p.add_argument("--docker-url", metavar="URL",
-                   help="Docker Engine URL: unix://, tcp:// or ssh:// (default: DOCKER_HOST or the local socket)")
+    p.add_argument("--docker-url", metavar="URL", action="append",
+                   help="Docker Engine URL: unix://, tcp:// or ssh:// (default: DOCKER_HOST or the local socket); "
+                        "more than once for --sync/--prune/--watch")
+    p.add_argument("--filter", metavar="KEY=VALUE", action="append",
+                   help="Select the containers for --sync/--watch, in Docker's filter syntax "
+                        "(label=app=web, ancestor=IMAGE, name=..., network=...); repeatable")
     p.add_argument("--host-ip", metavar="IP",
                    help="Address for ports published on all interfaces "
                         "(default: the host of a tcp:// or ssh:// docker URL, else 127.0.0.1)")

@@ -7,7 +7,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-APT_PACKAGES=(haproxy libaugeas0 libaugeas-dev pkg-config docker.io busybox-static
+APT_PACKAGES=(haproxy libaugeas0 libaugeas-dev pkg-config docker.io busybox-static iproute2
               python3-venv python3-dev gcc curl)
 
 log() { echo "setup: $*"; }

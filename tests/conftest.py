@@ -293,3 +293,52 @@ def docker_tcp_url() -> Iterator[str]:
     forwarder = _UnixForwarder("127.0.0.2")
     yield forwarder.url
     forwarder.server.close()
+
+
+class SecondEngine:
+    """A second dockerd on its own socket, data root and bridge; its ports are published on 127.0.0.2."""
+
+    BRIDGE, SUBNET = "br-hdc2", "172.31.254.1/24"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.url = f"unix://{root}/docker.sock"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        command = ["dockerd", "--host", self.url, "--data-root", str(self.root / "data"),
+                   "--exec-root", str(self.root / "exec"), "--pidfile", str(self.root / "docker.pid"),
+                   "--bridge", self.BRIDGE, "--iptables=false", "--ip-masq=false"]
+        with (self.root / "dockerd.log").open("ab") as log:
+            self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while subprocess.run(["docker", "-H", self.url, "info"], capture_output=True).returncode != 0:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"second dockerd did not start:\n{(self.root / 'dockerd.log').read_text()[-2000:]}")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=60)
+
+    def client(self) -> docker.DockerClient:
+        return docker.DockerClient(base_url=self.url)
+
+
+@pytest.fixture(scope="session")
+def second_engine(docker_client: docker.DockerClient, tmp_path_factory) -> Iterator[SecondEngine]:
+    """Started once per session; the test image is copied into it with save/load (no registry)."""
+    subprocess.run(["ip", "link", "add", SecondEngine.BRIDGE, "type", "bridge"], capture_output=True)
+    subprocess.run(["ip", "addr", "replace", SecondEngine.SUBNET, "dev", SecondEngine.BRIDGE], check=True)
+    subprocess.run(["ip", "link", "set", SecondEngine.BRIDGE, "up"], check=True)
+    engine = SecondEngine(tmp_path_factory.mktemp("dockerd2"))
+    engine.start()
+    image = b"".join(docker_client.images.get(IMAGE).save())
+    engine.client().images.load(image)
+    yield engine
+    with contextlib.suppress(docker.errors.DockerException):
+        for c in engine.client().containers.list(all=True):
+            c.remove(force=True)
+    engine.stop()
+    subprocess.run(["ip", "link", "del", SecondEngine.BRIDGE], capture_output=True)

@@ -180,7 +180,7 @@ def test_json_and_yaml_carry_the_same_typed_document() -> None:
     from_json = json.loads(hdc.render(report, "json", False))
     assert from_json == yaml.safe_load(hdc.render(report, "yaml", False))
     assert from_json["results"] == [{"id": "web1", "status": "balanced", "server": "caee75cbf7b5",
-                                     "ip": "127.0.0.1", "port": 49161}]
+                                     "ip": "127.0.0.1", "port": 49161, "listener": None}]
     assert from_json["servers"][0] == {"name": "caee75cbf7b5", "ip": "127.0.0.1", "port": 49161,
                                        "options": "check inter 2000",
                                        "line": "caee75cbf7b5 127.0.0.1:49161 check inter 2000"}

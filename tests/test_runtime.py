@@ -124,6 +124,9 @@ def test_hot_restart_passes_the_listeners_with_x(tmp_path, make_container, hapro
 def test_master_worker_haproxy_is_reloaded_through_its_master(tmp_path, make_container) -> None:
     cfg = write_config(tmp_path)
     subprocess.run(["haproxy", "-W", "-D", "-f", str(cfg.path), "-p", str(cfg.pidfile)], check=True)
+    deadline = time.monotonic() + 5
+    while not haproxy_pids(cfg) and time.monotonic() < deadline:  # the daemonized master writes it
+        time.sleep(0.05)
     master = haproxy_pids(cfg)[0]
     try:
         c = make_container()
