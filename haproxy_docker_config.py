@@ -43,6 +43,7 @@ DEFAULT_CONFIG = "/etc/haproxy/haproxy.cfg"
 DEFAULT_PIDFILE = "/var/run/haproxy.pid"
 DEFAULT_LOCK_TIMEOUT = 30.0
 DEFAULT_DRAIN_TIMEOUT = 10.0
+DEFAULT_COALESCE = 0.25
 
 EXIT_OK = 0
 EXIT_NOT_BALANCED = 1
@@ -101,6 +102,8 @@ LABEL_LISTEN = "haproxy-docker-config.listen"
 LABEL_PORT = "haproxy-docker-config.port"
 #: Container events that can change which containers a listener should hold.
 WATCH_EVENTS = ("start", "die", "stop", "kill", "pause", "unpause", "destroy", "health_status")
+#: Signals of `kill` events that end a container (docker stop sends 15): drain it at once.
+STOP_SIGNALS = ("2", "3", "9", "15")
 #: What each template variable may look like in a server line the tool wrote.
 VARIABLE_PATTERNS = {"id": "[0-9a-f]{12}", "name": "[A-Za-z0-9][A-Za-z0-9_.-]*", "ip": r"\S+", "port": "[0-9]+"}
 
@@ -987,12 +990,16 @@ class Fleet:
         return self.known is None or is_backed(name, self.known)
 
 
-def gather(engines: list[Engine], filters: dict[str, list[str]], everything: bool = False) -> Fleet:
-    """List the selected containers of every engine; an engine that is down keeps its servers."""
+def gather(engines: list[Engine], filters: dict[str, list[str]], everything: bool = False,
+           excluded: frozenset[str] = frozenset()) -> Fleet:
+    """List the selected containers of every engine; an engine that is down keeps its servers.
+
+    `excluded`: ids that events said died or turned unhealthy, which the list may not show yet.
+    """
     selected, down = [], []
     for engine in engines:
         try:
-            selected += [(c, engine.host_ip) for c in engine.containers(filters, everything)]
+            selected += [(c, engine.host_ip) for c in engine.containers(filters, everything) if c["Id"] not in excluded]
         except DockerError as exc:
             log.warning("warning: %s; its servers are left as they are", exc)
             down.append(engine)
@@ -1134,16 +1141,17 @@ def _write(args: argparse.Namespace, action: str, name: str, edit: Callable[[Lis
     return report
 
 
-def sync(args: argparse.Namespace, action: str, engines: list[Engine], remembered: set[str]) -> Report:
+def sync(args: argparse.Namespace, action: str, engines: list[Engine], remembered: set[str],
+         excluded: frozenset[str] = frozenset()) -> Report:
     """--sync / --prune: one pass over the listener -l, or every listener that labels name."""
     if action == "prune":
         fleets = {args.listen: gather(engines, {"status": ["running"]})}
     elif args.listen:
         default = {"label": [f"{LABEL_LISTEN}={args.listen}"]}
         selection = dict(parse_filters(args.filter or []) or default, status=["running"])
-        fleets = {args.listen: gather(engines, selection)}
+        fleets = {args.listen: gather(engines, selection, excluded=excluded)}
     else:
-        fleets = _labelled_fleets(gather(engines, {"label": [LABEL_LISTEN]}, everything=True), remembered)
+        fleets = _labelled_fleets(gather(engines, {"label": [LABEL_LISTEN]}, True, excluded), remembered)
     total = Report(args.listen, action)
     for name, fleet in fleets.items():
         edit = prune_listener if action == "prune" else sync_listener
@@ -1282,16 +1290,17 @@ def _finish(args: argparse.Namespace, report: Report, listener: Listener) -> Non
 def watch(args: argparse.Namespace) -> Report:
     """--watch: sync, then sync again on every burst of container events, until SIGTERM/SIGINT."""
     engines = _engines(args)
-    total, remembered = Report(args.listen, "watch"), set()
+    total, remembered, excluded = Report(args.listen, "watch"), set(), set()
     events: queue.Queue[Any] = queue.Queue()
     stop = threading.Event()
     handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         for engine in engines:
             threading.Thread(target=_follow, args=(engine, events, stop), daemon=True).start()
-        _watch_pass(args, engines, total, remembered)
-        while _next_burst(events, stop):
-            _watch_pass(args, engines, total, remembered)
+        _watch_pass(args, engines, total, remembered, excluded)
+        while (burst := _next_burst(events, stop, args.coalesce)) is not None:
+            _note_deaths(burst, excluded)
+            _watch_pass(args, engines, total, remembered, excluded)
     finally:
         stop.set()
         for sig, handler in handlers.items():
@@ -1300,10 +1309,27 @@ def watch(args: argparse.Namespace) -> Report:
     return total
 
 
-def _watch_pass(args: argparse.Namespace, engines: list[Engine], total: Report, remembered: set[str]) -> None:
+def _note_deaths(burst: list[Any], excluded: set[str]) -> None:
+    """Docker's container list can lag its events (a `die` before the state says exited), and a
+    container told to stop may still finish its requests: what the events said wins, until the
+    container starts again."""
+    for event in burst:
+        if not isinstance(event, dict):
+            continue
+        status, cid = event.get("status", ""), event.get("id", "")
+        signal_number = ((event.get("Actor") or {}).get("Attributes") or {}).get("signal")
+        if status in ("die", "stop") or status.startswith("health_status: unhealthy") or \
+                (status == "kill" and signal_number in STOP_SIGNALS):
+            excluded.add(cid)
+        elif status in ("start", "unpause", "destroy") or status.startswith("health_status: healthy"):
+            excluded.discard(cid)
+
+
+def _watch_pass(args: argparse.Namespace, engines: list[Engine], total: Report, remembered: set[str],
+                excluded: set[str]) -> None:
     """One sync; an error is logged and the watch goes on (the next event or reconnect retries)."""
     try:
-        report = sync(args, "sync", engines, remembered)
+        report = sync(args, "sync", engines, remembered, frozenset(excluded))
     except HdcError as exc:
         log.warning("ERROR: %s", exc)
         return
@@ -1319,6 +1345,7 @@ def _follow(engine: Engine, events: queue.Queue[Any], stop: threading.Event) -> 
     """Feed one engine's container events to the queue; reconnect with backoff when it drops."""
     backoff = 0.5
     while not stop.is_set():
+        reason = "the stream ended"
         try:
             stream = engine.api.events(decode=True, filters={"type": ["container"], "event": list(WATCH_EVENTS)})
             events.put("connected")  # resync: events missed while away are not lost
@@ -1327,29 +1354,29 @@ def _follow(engine: Engine, events: queue.Queue[Any], stop: threading.Event) -> 
                 events.put(event)
                 log.info("event %s %s", event.get("status"), event.get("id", "")[:12])
         except Exception as exc:  # any failure of the stream means: reconnect
-            log.warning("warning: lost the events of %s (%s); retrying in %gs", engine.describe(),
-                        _root_cause(exc), backoff)
+            reason = _root_cause(exc)
+        if stop.is_set():
+            return
+        log.warning("warning: lost the events of %s (%s); retrying in %gs", engine.describe(), reason, backoff)
         engine.forget()
         stop.wait(backoff)
         backoff = min(backoff * 2, 10.0)
 
 
-def _next_burst(events: queue.Queue[Any], stop: threading.Event, quiet: float = 0.2, span: float = 0.5) -> bool:
-    """Wait for an event, then for the burst around it to settle; False once asked to stop."""
-    while True:
+def _next_burst(events: queue.Queue[Any], stop: threading.Event, window: float) -> list[Any] | None:
+    """Wait for an event, then collect the events of the next `window` seconds; None once asked to stop."""
+    burst: list[Any] = []
+    while not burst:
         try:
-            events.get(timeout=0.2)
-            break
+            burst.append(events.get(timeout=0.2))
         except queue.Empty:
             if stop.is_set():
-                return False
-    deadline = time.monotonic() + span
-    while not stop.is_set() and time.monotonic() < deadline:
-        try:
-            events.get(timeout=min(quiet, max(0.0, deadline - time.monotonic())))
-        except queue.Empty:
-            break
-    return not stop.is_set()
+                return None
+    deadline = time.monotonic() + window
+    while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
+        with contextlib.suppress(queue.Empty):
+            burst.append(events.get(timeout=min(left, 0.2)))
+    return None if stop.is_set() else burst
 
 
 ###############################################################################
@@ -1482,6 +1509,9 @@ def build_parser() -> _Parser:
     p.add_argument("--drain-timeout", metavar="SECONDS", type=_seconds, default=DEFAULT_DRAIN_TIMEOUT,
                    help=f"On live delete, wait this long for the server's sessions to end "
                         f"(default {DEFAULT_DRAIN_TIMEOUT:g})")
+    p.add_argument("--coalesce", metavar="SECONDS", type=_seconds, default=DEFAULT_COALESCE,
+                   help=f"--watch: after an event, gather the events of this long into one change "
+                        f"(default {DEFAULT_COALESCE:g}; changes land within about this plus a second's work)")
     p.add_argument("--lock-timeout", metavar="SECONDS", type=_seconds, default=DEFAULT_LOCK_TIMEOUT,
                    help=f"Wait this long for another run's lock (default {DEFAULT_LOCK_TIMEOUT:g})")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")

@@ -36,7 +36,7 @@ class Outcome:
     """What the load saw: every request's latency, every failure, and time to first serve."""
 
     latencies: list[float] = dataclasses.field(default_factory=list)
-    failures: list[str] = dataclasses.field(default_factory=list)
+    failures: list[tuple[float, str]] = dataclasses.field(default_factory=list)  # (monotonic time, what)
     first_served: dict[str, float] = dataclasses.field(default_factory=dict)
     serve_delays: list[float] = dataclasses.field(default_factory=list)
     rounds: int = 0
@@ -73,7 +73,7 @@ class Load:
                 body = self._get()
             except Exception as exc:  # every kind of failure counts, none is retried
                 with self.lock:
-                    self.outcome.failures.append(f"{time.strftime('%T')} {exc!r}")
+                    self.outcome.failures.append((time.monotonic(), repr(exc)))
                 continue
             done = time.monotonic()
             with self.lock:
@@ -215,7 +215,7 @@ def report(outcome: Outcome, seconds: float) -> str:
         f"added -> serving    at most {ms(max(outcome.serve_delays, default=0))} after the command returned "
         "(negative: already before)",
     ]
-    return "\n".join(lines + outcome.failures[:10]) + "\n"
+    return "\n".join(lines + [what for _, what in outcome.failures[:10]]) + "\n"
 
 
 def main() -> None:

@@ -5,9 +5,11 @@
 set -euo pipefail
 
 IMAGE="hdc-test-httpd:latest"
+VERSION="2"              # bump when the image changes: an older one is rebuilt
 BUSYBOX="/bin/busybox"   # from Debian's busybox-static (statically linked)
 
-if docker image inspect "$IMAGE" >/dev/null 2>&1; then
+have="$(docker image inspect -f '{{index .Config.Labels "hdc-test-image"}}' "$IMAGE" 2>/dev/null || true)"
+if [ "$have" = "$VERSION" ]; then
     echo "build-test-image: $IMAGE already present"
     exit 0
 fi
@@ -27,8 +29,10 @@ for applet in sh httpd hostname sleep cat echo mkdir ls kill; do
     ln -s busybox "$root/bin/$applet"
 done
 
-# PID 1 ignores signals it has no handler for, so trap TERM/INT explicitly
-# and take the two httpd children down with us; `docker stop` is then instant.
+# PID 1 ignores signals it has no handler for, so trap TERM/INT explicitly.
+# Like a real service it shuts down gracefully: on TERM it keeps serving for
+# HDC_GRACE seconds (default 1) before taking the two httpd children down, so
+# a balancer that reacts to the stop loses no request.
 cat >"$root/start.sh" <<'SH'
 #!/bin/sh
 export PATH=/bin
@@ -38,7 +42,7 @@ httpd -f -p 8080 -h /www &
 p1=$!
 httpd -f -p 9090 -h /www &
 p2=$!
-trap 'kill $p1 $p2 2>/dev/null; exit 0' TERM INT
+trap 'sleep "${HDC_GRACE:-1}"; kill $p1 $p2 2>/dev/null; exit 0' TERM INT
 wait
 SH
 chmod 755 "$root/start.sh"
@@ -46,5 +50,6 @@ chmod 755 "$root/start.sh"
 tar -C "$root" -c . | docker import \
     -c 'CMD ["/bin/sh","/start.sh"]' \
     -c 'ENV PATH=/bin' \
+    -c "LABEL hdc-test-image=$VERSION" \
     - "$IMAGE" >/dev/null
 echo "build-test-image: built $IMAGE"

@@ -334,7 +334,7 @@ def second_engine(docker_client: docker.DockerClient, tmp_path_factory) -> Itera
     subprocess.run(["ip", "link", "set", SecondEngine.BRIDGE, "up"], check=True)
     engine = SecondEngine(tmp_path_factory.mktemp("dockerd2"))
     engine.start()
-    image = b"".join(docker_client.images.get(IMAGE).save())
+    image = b"".join(docker_client.images.get(IMAGE).save(named=True))
     engine.client().images.load(image)
     yield engine
     with contextlib.suppress(docker.errors.DockerException):

@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
-import sys
-import threading
-import time
-from pathlib import Path
 
 import pytest
-from conftest import CLI, IMAGE, LABEL, haproxy_pids, host_port, http_get, run_cli, write_config
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-import load  # noqa: E402
+from conftest import IMAGE, haproxy_pids, host_port, run_cli, write_config
 
 LISTEN = "haproxy-docker-config.listen"
 TEMPLATE = "$id ${ip}:$port check inter 1000 fall 1"
-RESILIENT = "    retries 3\n    option redispatch 1\n"  # a container that dies takes no request with it
 
 
 def servers(cfg) -> dict[str, str]:
