@@ -1295,9 +1295,8 @@ def watch(args: argparse.Namespace) -> Report:
     stop = threading.Event()
     handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        for engine in engines:
+        for engine in engines:  # each connection posts "connected", which starts with a full sync
             threading.Thread(target=_follow, args=(engine, events, stop), daemon=True).start()
-        _watch_pass(args, engines, total, remembered, excluded)
         while (burst := _next_burst(events, stop, args.coalesce)) is not None:
             _note_deaths(burst, excluded)
             _watch_pass(args, engines, total, remembered, excluded)

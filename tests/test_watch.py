@@ -31,12 +31,13 @@ def resilient_config(tmp_path):
 
 
 def live_servers(cfg) -> set[str]:
-    """Server names in the running haproxy, asked on its stats socket."""
+    """Servers the running haproxy sends traffic to (not in maintenance), asked on its stats socket."""
     with socket.socket(socket.AF_UNIX) as sock:
         sock.connect(str(cfg.sock))
         sock.sendall(b"show servers state web\n")
         answer = b"".join(iter(lambda: sock.recv(65536), b"")).decode()
-    return {line.split()[3] for line in answer.splitlines()[2:] if len(line.split()) > 3}
+    rows = [line.split() for line in answer.splitlines()[2:]]
+    return {row[3] for row in rows if len(row) > 6 and row[6] == "0"}  # srv_admin_state 0: ready
 
 
 def file_servers(cfg) -> set[str]:
