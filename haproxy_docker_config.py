@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import difflib
 import fcntl
+import io
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ import socket
 import string
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
@@ -92,6 +94,8 @@ let lns = body . section*
 """ % "|".join(SECTION_KEYWORDS)
 
 STATS_SOCKET = re.compile(r"^[ \t]*stats[ \t]+socket[ \t]+([^ \t\r\n]+)([^\r\n]*)", re.MULTILINE)
+STATE_FILE = re.compile(r"^[ \t]*server-state-(file|base)[ \t]+([^ \t\r\n#]+)", re.MULTILINE)
+CONTAINER_CONFIG = "/usr/local/etc/haproxy/haproxy.cfg"  # where the official image reads it
 MASTER_WORKER = re.compile(r"^[ \t]*master-worker(?=[ \t\r\n]|$)", re.MULTILINE)
 TEMPLATE_MARK = re.compile(r"DOCKERSERVER(?:\s+|$)")
 ERB_VARIABLE = re.compile(r"<%=\s*(\w+)\s*%>")
@@ -272,19 +276,39 @@ class StatsSocket:
     expose_fd: bool
 
 
-def global_settings(text: str) -> tuple[list[StatsSocket], bool]:
-    """The stats sockets of the global section, and whether it asks for master-worker mode."""
-    sockets, master_worker = [], False
+@dataclasses.dataclass
+class GlobalSettings:
+    """What the tool needs from the global section."""
+
+    sockets: list[StatsSocket] = dataclasses.field(default_factory=list)
+    master_worker: bool = False
+    state_file: str | None = None  # server-state-file, joined to server-state-base
+
+    def admin_socket(self) -> str | None:
+        return next((s.address for s in self.sockets if s.admin), None)
+
+    def exposed_socket(self) -> str | None:
+        """A unix stats socket with `expose-fd listeners`, for -x."""
+        return next((s.address.removeprefix("unix@") for s in self.sockets
+                     if s.expose_fd and re.fullmatch(r"(unix@)?[^@]*/[^@]*", s.address)), None)
+
+
+def global_settings(text: str) -> GlobalSettings:
+    """Stats sockets, master-worker mode and server state file of the global section."""
+    found, paths = GlobalSettings(), {}
     for kind, _, start, end in sections(text):
         if kind != "global":
             continue
-        master_worker = master_worker or bool(MASTER_WORKER.search(text, start, end))
+        found.master_worker = found.master_worker or bool(MASTER_WORKER.search(text, start, end))
+        paths.update((m.group(1), m.group(2)) for m in STATE_FILE.finditer(text, start, end))
         for match in STATS_SOCKET.finditer(text, start, end):
             words = match.group(2).split("#", 1)[0].split()
             pairs = dict(zip(words, words[1:]))
-            sockets.append(StatsSocket(match.group(1), pairs.get("level", "operator") == "admin",
-                                       pairs.get("expose-fd") == "listeners"))
-    return sockets, master_worker
+            found.sockets.append(StatsSocket(match.group(1), pairs.get("level", "operator") == "admin",
+                                             pairs.get("expose-fd") == "listeners"))
+    if "file" in paths:
+        found.state_file = os.path.join(paths.get("base", ""), paths["file"])
+    return found
 
 
 def live_changes(before: dict[str, str], after: dict[str, str]) -> tuple[list[str], list[str]]:
@@ -605,6 +629,81 @@ def haproxy_check(binary: str, path: str, label: str) -> tuple[bool, str]:
     return proc.returncode == 0, _alerts(proc.stdout + proc.stderr, path, label)
 
 
+class HostHaproxy:
+    """haproxy on this host: checked with `haproxy -c`, reloaded with -sf or the service manager."""
+
+    def __init__(self, binary: str) -> None:
+        self.binary = binary
+
+    def check(self, path: Path, shown: str) -> tuple[bool, str]:
+        return haproxy_check(self.binary, str(path), shown)
+
+    def hot_restart(self, config: str, pidfile: str, settings: GlobalSettings) -> None:
+        hot_restart(self.binary, config, pidfile, settings.exposed_socket(), settings.master_worker)
+
+    def restart(self) -> None:
+        service_restart()
+
+
+class ContainerHaproxy:
+    """haproxy in a container: checked with `haproxy -c` through docker exec, reloaded by
+    signalling its master (SIGUSR2; the official image runs haproxy -W as PID 1)."""
+
+    def __init__(self, engine: Engine, name: str) -> None:
+        self.engine, self.name = engine, name
+
+    def _call(self, what: str, call: Callable[[], Any]) -> Any:
+        import docker
+
+        try:
+            return call()
+        except docker.errors.DockerException as exc:
+            raise HaproxyError(f"cannot {what} in container {self.name} ({_root_cause(exc)}); "
+                               f"check --haproxy-container") from exc
+
+    def config_path(self, host_path: Path) -> str:
+        """Where the container sees the config: the destination of the bind mount of host_path."""
+        mounts = self._call("inspect", lambda: self.engine.api.inspect_container(self.name))["Mounts"]
+        return next((m["Destination"] for m in mounts if m.get("Source") == str(host_path)), CONTAINER_CONFIG)
+
+    def check(self, path: Path, shown: str) -> tuple[bool, str]:
+        """Copy the file into the container's /tmp and run haproxy -c on it there."""
+        archive = io.BytesIO()
+        with tarfile.open(fileobj=archive, mode="w") as tar:
+            info = tarfile.TarInfo("hdc-candidate.cfg")
+            info.size, info.mode = path.stat().st_size, 0o644
+            tar.addfile(info, io.BytesIO(path.read_bytes()))
+        api = self.engine.api
+        self._call("copy the config", lambda: api.put_archive(self.name, "/tmp", archive.getvalue()))
+        exec_id = self._call("run haproxy -c", lambda: api.exec_create(
+            self.name, ["haproxy", "-c", "-f", "/tmp/hdc-candidate.cfg"])["Id"])
+        output = self._call("run haproxy -c", lambda: api.exec_start(exec_id)).decode(errors="replace")
+        accepted = self._call("run haproxy -c", lambda: api.exec_inspect(exec_id))["ExitCode"] == 0
+        return accepted, _alerts(output, "/tmp/hdc-candidate.cfg", shown)
+
+    def hot_restart(self, config: str, pidfile: str, settings: GlobalSettings) -> None:
+        """SIGUSR2 to the master, then wait for its log to say how loading went."""
+        since = int(time.time())
+        log.info("reloading haproxy in container %s (SIGUSR2 to its master)", self.name)
+        self._call("signal haproxy", lambda: self.engine.api.kill(self.name, "SIGUSR2"))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            logs = self._call("read the logs", lambda: self.engine.api.logs(self.name, since=since)).decode(
+                errors="replace")
+            if "Loading success" in logs:
+                return
+            if "Loading failure" in logs:
+                raise HaproxyError(f"haproxy in container {self.name} failed to reload; the old workers "
+                                   f"keep serving", "\n".join(ln for ln in logs.splitlines() if "ALERT" in ln))
+            time.sleep(0.1)
+        raise HaproxyError(f"haproxy in container {self.name} did not report a reload within 10 s; "
+                           f"is it running haproxy -W (master-worker)? use -r to restart the container")
+
+    def restart(self) -> None:
+        log.info("restarting container %s", self.name)
+        self._call("restart", lambda: self.engine.api.restart(self.name, timeout=30))
+
+
 @contextlib.contextmanager
 def config_lock(target: Path, timeout: float) -> Iterator[None]:
     """Hold an exclusive lock beside the config across read, write and restart."""
@@ -663,6 +762,38 @@ def _write_beside(target: Path, data: bytes, suffix: str) -> Path:
         os.unlink(name)
         raise
     return Path(name)
+
+
+def in_place_reason(target: Path, forced: bool, engine: Engine | None) -> str | None:
+    """Why the config must be rewritten in place rather than renamed over, or None.
+
+    A rename gives the file a new inode: a container with the file bind-mounted
+    keeps reading the old one, a mount point cannot be renamed over, and other
+    hard links would keep the old content.
+    """
+    if forced:
+        return "--write-in-place"
+    with contextlib.suppress(OSError):
+        mount_points = {line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()}
+        if str(target) in mount_points:
+            return "it is a mount point"
+    links = target.stat().st_nlink
+    if links > 1:
+        return f"it has {links} hard links"
+    with contextlib.suppress(DockerError):
+        for container in engine.running() if engine else ():
+            if any(m.get("Source") == str(target) for m in container.get("Mounts") or ()):
+                return f"container {container['Names'][0].lstrip('/')} bind-mounts it"
+    return None
+
+
+def _write_in_place(target: Path, data: bytes) -> None:
+    """Rewrite the content of the same inode (not crash-atomic: the .bak is the way back)."""
+    with open(target, "r+b") as handle:
+        handle.write(data)
+        handle.truncate()
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def _remove_stale_temps(target: Path) -> None:
@@ -1119,8 +1250,7 @@ def _write(args: argparse.Namespace, action: str, name: str, edit: Callable[[Lis
     """Edit one listener under the lock; write and restart only when the bytes really changed."""
     path = Path(args.config)
     target = Path(os.path.realpath(path))
-    needs_haproxy = not args.no_validate or args.hot_restart is not None
-    binary = haproxy_binary(args.haproxy_bin) if needs_haproxy else None
+    haproxy = _haproxy(args)
     with config_lock(target, args.lock_timeout):
         _remove_stale_temps(target)
         old = read_config(path)
@@ -1133,7 +1263,7 @@ def _write(args: argparse.Namespace, action: str, name: str, edit: Callable[[Lis
         report.changed = new != old
         report.diff = unified_diff(str(path), old, new) if args.diff else None
         if report.changed:
-            _replace_and_apply(args, name, target, old, new, binary, report,
+            _replace_and_apply(args, name, target, old, new, haproxy, report,
                                live_changes(before, _server_lines(listener)))
         else:
             log.info("%s unchanged; nothing written, haproxy not restarted", path)
@@ -1186,64 +1316,82 @@ def _server_lines(listener: Listener) -> dict[str, str]:
     return {server_name(value): value for _, value in listener.servers()}
 
 
+def _haproxy(args: argparse.Namespace) -> HostHaproxy | ContainerHaproxy | None:
+    """Which haproxy validates and restarts: the one in --haproxy-container, else the host's
+    (None when --no-validate and no restart needs it)."""
+    if args.haproxy_container:
+        return ContainerHaproxy(_engines(args)[0], args.haproxy_container)
+    if args.no_validate and args.hot_restart is None:
+        return None
+    return HostHaproxy(haproxy_binary(args.haproxy_bin))
+
+
 def _replace_and_apply(args: argparse.Namespace, name: str, target: Path, old: str, new: str,
-                       binary: str | None, report: Report, changes: tuple[list[str], list[str]]) -> None:
+                       haproxy: HostHaproxy | ContainerHaproxy | None, report: Report,
+                       changes: tuple[list[str], list[str]]) -> None:
     """Replace the file, then apply it live or restart; an unvalidated change is rolled back
     if the restart fails."""
-    validator = None if args.no_validate else binary
-    if validator is None and not args.dry_run:
+    checker = None if args.no_validate else haproxy
+    if checker is None and not args.dry_run:
         log.warning("warning: --no-validate: %s is replaced without haproxy -c", args.config)
-    _replace(target, args.config, old, new, validator, args.dry_run)
+    engine = _engines(args)[0] if not args.dry_run else None
+    in_place = in_place_reason(target, args.write_in_place, engine)
+    _replace(target, args.config, old, new, checker, args.dry_run, in_place)
     if args.dry_run:
         return
-    sockets, master_worker = global_settings(old)
+    settings = global_settings(old)
     try:
-        if not _applied_live(args, name, sockets, changes, report):
-            report.restarted = _restart(args, binary, sockets, master_worker)
+        if not _applied_live(args, name, settings, changes, report):
+            report.restarted = _restart(args, haproxy, settings)
     except HaproxyError as exc:
-        if validator is not None:
+        if checker is not None:
             raise
-        _replace(target, args.config, new, old, None, False)
+        _replace(target, args.config, new, old, None, False, in_place)
         raise HaproxyError(f"{exc}; the change was not validated, so the previous {args.config} "
                            f"is restored", exc.details) from exc
 
 
-def _replace(target: Path, shown: str, old: str, new: str, binary: str | None, dry_run: bool) -> None:
-    """Validate the new content beside the target, keep a .bak, rename it over the target."""
+def _replace(target: Path, shown: str, old: str, new: str, checker: HostHaproxy | ContainerHaproxy | None,
+             dry_run: bool, in_place: str | None) -> None:
+    """Validate the new content beside the target, keep a .bak, then rename it over the target
+    (or rewrite the target in place, when a rename would not reach its readers)."""
     candidate = _write_beside(target, new.encode("latin-1"), ".tmp")
     try:
-        if binary:
-            _validate(binary, candidate, target, shown)
+        if checker:
+            _validate(checker, candidate, target, shown)
         if dry_run:
             log.info("dry run: %s not written", shown)
             return
         backup = _write_beside(target, old.encode("latin-1"), ".bak.tmp")
         os.replace(backup, target.with_name(target.name + ".bak"))
-        os.replace(candidate, target)
+        if in_place:
+            _write_in_place(target, new.encode("latin-1"))
+        else:
+            os.replace(candidate, target)
         _fsync_dir(target.parent)
-        log.info("wrote %s (previous version in %s.bak)", shown, target.name)
+        how = f"in place, because {in_place}" if in_place else "by atomic rename"
+        log.info("wrote %s %s (previous version in %s.bak)", shown, how, target.name)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(candidate)
 
 
-def _validate(binary: str, candidate: Path, target: Path, shown: str) -> None:
-    accepted, alerts = haproxy_check(binary, str(candidate), shown)
+def _validate(checker: HostHaproxy | ContainerHaproxy, candidate: Path, target: Path, shown: str) -> None:
+    accepted, alerts = checker.check(candidate, shown)
     if accepted:
         log.info("haproxy -c accepts the new %s", shown)
         return
-    was_valid, old_alerts = haproxy_check(binary, str(target), shown)
+    was_valid, old_alerts = checker.check(target, shown)
     if not was_valid:
         raise ConfigError(f"haproxy already rejects {shown} as it is, before any change; "
                           f"fix it first (haproxy -c -f {shown})", old_alerts)
     raise HaproxyError(f"haproxy rejects the changed {shown}; the file is left untouched", alerts)
 
 
-def _applied_live(args: argparse.Namespace, name: str, sockets: list[StatsSocket],
+def _applied_live(args: argparse.Namespace, name: str, settings: GlobalSettings,
                   changes: tuple[list[str], list[str]], report: Report) -> bool:
     """Apply the change through the Runtime API when there is an admin stats socket."""
-    admin = [s.address for s in sockets if s.admin]
-    address = None if args.no_runtime else args.runtime_socket or (admin[0] if admin else None)
+    address = _runtime_address(args, settings)
     if address is None:
         return False
     try:
@@ -1263,18 +1411,41 @@ def _applied_live(args: argparse.Namespace, name: str, sockets: list[StatsSocket
     return True
 
 
-def _restart(args: argparse.Namespace, binary: str | None, sockets: list[StatsSocket], master_worker: bool) -> bool:
+def _runtime_address(args: argparse.Namespace, settings: GlobalSettings) -> str | None:
+    return None if args.no_runtime else args.runtime_socket or settings.admin_socket()
+
+
+def _restart(args: argparse.Namespace, haproxy: HostHaproxy | ContainerHaproxy | None,
+             settings: GlobalSettings) -> bool:
+    if (args.hot_restart is None and not args.restart) or haproxy is None:
+        return False
+    _save_server_state(args, settings)
     if args.hot_restart is not None:
-        exposed = [s.address.removeprefix("unix@") for s in sockets
-                   if s.expose_fd and re.fullmatch(r"(unix@)?[^@]*/[^@]*", s.address)]
-        hot_restart(binary or "haproxy", args.config, args.hot_restart, exposed[0] if exposed else None,
-                    master_worker)
+        haproxy.hot_restart(args.config, args.hot_restart, settings)
         log.info("haproxy hot-restarted")
-        return True
-    if args.restart:
-        service_restart()
-        return True
-    return False
+    else:
+        haproxy.restart()
+    return True
+
+
+def _save_server_state(args: argparse.Namespace, settings: GlobalSettings) -> None:
+    """Dump `show servers state` where the reloaded haproxy will read it, so servers known
+    to be down stay down (load-server-state-from-file)."""
+    path = args.state_file or (None if args.haproxy_container else settings.state_file)
+    address = args.runtime_socket or settings.admin_socket() or next((s.address for s in settings.sockets), None)
+    if not path or not address:
+        return
+    try:
+        state = Runtime(address).ask("show servers state", "1\n#")
+    except RuntimeUnavailable as exc:
+        log.info("%s; no server state saved", exc)
+        return
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = target.with_name(f".{target.name}.tmp")
+    temp.write_text(state + "\n")
+    os.replace(temp, target)
+    log.info("saved the servers' state to %s", path)
 
 
 def _finish(args: argparse.Namespace, report: Report, listener: Listener) -> None:
@@ -1495,6 +1666,15 @@ def build_parser() -> _Parser:
                    help="Address for ports published on all interfaces "
                         "(default: the host of a tcp:// or ssh:// docker URL, else 127.0.0.1)")
     p.add_argument("--haproxy-bin", metavar="PATH", help="haproxy binary (default: haproxy on PATH)")
+    p.add_argument("--haproxy-container", metavar="NAME",
+                   help="haproxy runs in this container: validate with docker exec, -h reloads its master "
+                        "(SIGUSR2), -r restarts the container")
+    p.add_argument("--write-in-place", action="store_true",
+                   help="Rewrite the config's content in place instead of renaming a new file over it "
+                        "(automatic when it is bind-mounted into a container, a mount point, or hard-linked)")
+    p.add_argument("--state-file", metavar="PATH",
+                   help="Before a reload, save 'show servers state' here (default: the server-state-file "
+                        "of the global section)")
     p.add_argument("--no-validate", action="store_true",
                    help="Replace the config without haproxy -c (for hosts without haproxy)")
     p.add_argument("--dry-run", action="store_true",

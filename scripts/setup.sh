@@ -77,4 +77,5 @@ fi
 
 # --- test image ---------------------------------------------------------------
 "$ROOT/scripts/build-test-image.sh"
+"$ROOT/scripts/build-haproxy-image.sh"
 log "ok"
