@@ -260,11 +260,16 @@ def cli() -> Callable[..., subprocess.CompletedProcess[str]]:
 
 
 class _UnixForwarder:
-    """A TCP listener that pipes each connection to the local Docker socket: a tcp:// engine."""
+    """A TCP listener that pipes each connection to the local Docker socket: a tcp:// engine.
 
-    def __init__(self, host: str) -> None:
+    read_only: like a socket proxy that allows only GET and HEAD, anything else gets 403.
+    """
+
+    def __init__(self, host: str, read_only: bool = False) -> None:
         self.server = socket.create_server((host, 0))
         self.url = f"tcp://{host}:{self.server.getsockname()[1]}"
+        self.read_only = read_only
+        self.refused: list[str] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -275,16 +280,22 @@ class _UnixForwarder:
                 return
             upstream = socket.socket(socket.AF_UNIX)
             upstream.connect("/var/run/docker.sock")
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
 
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket, from_client: bool) -> None:
         with contextlib.suppress(OSError):
             while data := src.recv(65536):
+                if from_client and self.read_only and not data.startswith((b"GET ", b"HEAD ")):
+                    self.refused.append(data.split(b"\r\n", 1)[0].decode(errors="replace"))
+                    body = b'{"message":"read-only proxy: only GET and HEAD"}'
+                    src.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\n"
+                                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+                    break
                 dst.sendall(data)
-        with contextlib.suppress(OSError):
-            dst.shutdown(socket.SHUT_WR)
+        for sock in (dst, src) if from_client else (dst,):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_WR)
 
 
 @pytest.fixture
@@ -292,6 +303,14 @@ def docker_tcp_url() -> Iterator[str]:
     """tcp:// URL of the local engine, reached through 127.0.0.2 (so its host is visible)."""
     forwarder = _UnixForwarder("127.0.0.2")
     yield forwarder.url
+    forwarder.server.close()
+
+
+@pytest.fixture
+def read_only_engine() -> Iterator[_UnixForwarder]:
+    """The local engine behind a proxy that lets only GET and HEAD through."""
+    forwarder = _UnixForwarder("127.0.0.1", read_only=True)
+    yield forwarder
     forwarder.server.close()
 
 
