@@ -123,12 +123,12 @@ def test_hot_restart_passes_the_listeners_with_x(tmp_path, make_container, hapro
 
 def test_master_worker_haproxy_is_reloaded_through_its_master(tmp_path, make_container) -> None:
     cfg = write_config(tmp_path)
-    subprocess.run(["haproxy", "-W", "-D", "-f", str(cfg.path), "-p", str(cfg.pidfile)], check=True)
-    deadline = time.monotonic() + 5
-    while not haproxy_pids(cfg) and time.monotonic() < deadline:  # the daemonized master writes it
-        time.sleep(0.05)
-    master = haproxy_pids(cfg)[0]
     try:
+        subprocess.run(["haproxy", "-W", "-D", "-f", str(cfg.path), "-p", str(cfg.pidfile)], check=True)
+        deadline = time.monotonic() + 5
+        while not haproxy_pids(cfg) and time.monotonic() < deadline:  # the daemonized master writes it
+            time.sleep(0.05)
+        master = haproxy_pids(cfg)[0]
         c = make_container()
         result = cli(cfg, "-a", c.short_id, "--no-runtime", "-h", str(cfg.pidfile), "-v")
         assert result.returncode == 0, result.stderr
@@ -143,6 +143,5 @@ def test_master_worker_haproxy_is_reloaded_through_its_master(tmp_path, make_con
             time.sleep(0.1)
         assert http_get(cfg.port) == c.short_id
         assert haproxy_pids(cfg) == [master]
-    finally:
-        subprocess.run(["pkill", "-KILL", "-P", str(master)])
-        subprocess.run(["kill", "-KILL", str(master)])
+    finally:  # the master and its workers, whatever happened
+        subprocess.run(["pkill", "-KILL", "-f", f"haproxy .*{cfg.path}"])
