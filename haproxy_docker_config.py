@@ -629,81 +629,6 @@ def haproxy_check(binary: str, path: str, label: str) -> tuple[bool, str]:
     return proc.returncode == 0, _alerts(proc.stdout + proc.stderr, path, label)
 
 
-class HostHaproxy:
-    """haproxy on this host: checked with `haproxy -c`, reloaded with -sf or the service manager."""
-
-    def __init__(self, binary: str) -> None:
-        self.binary = binary
-
-    def check(self, path: Path, shown: str) -> tuple[bool, str]:
-        return haproxy_check(self.binary, str(path), shown)
-
-    def hot_restart(self, config: str, pidfile: str, settings: GlobalSettings) -> None:
-        hot_restart(self.binary, config, pidfile, settings.exposed_socket(), settings.master_worker)
-
-    def restart(self) -> None:
-        service_restart()
-
-
-class ContainerHaproxy:
-    """haproxy in a container: checked with `haproxy -c` through docker exec, reloaded by
-    signalling its master (SIGUSR2; the official image runs haproxy -W as PID 1)."""
-
-    def __init__(self, engine: Engine, name: str) -> None:
-        self.engine, self.name = engine, name
-
-    def _call(self, what: str, call: Callable[[], Any]) -> Any:
-        import docker
-
-        try:
-            return call()
-        except docker.errors.DockerException as exc:
-            raise HaproxyError(f"cannot {what} in container {self.name} ({_root_cause(exc)}); "
-                               f"check --haproxy-container") from exc
-
-    def config_path(self, host_path: Path) -> str:
-        """Where the container sees the config: the destination of the bind mount of host_path."""
-        mounts = self._call("inspect", lambda: self.engine.api.inspect_container(self.name))["Mounts"]
-        return next((m["Destination"] for m in mounts if m.get("Source") == str(host_path)), CONTAINER_CONFIG)
-
-    def check(self, path: Path, shown: str) -> tuple[bool, str]:
-        """Copy the file into the container's /tmp and run haproxy -c on it there."""
-        archive = io.BytesIO()
-        with tarfile.open(fileobj=archive, mode="w") as tar:
-            info = tarfile.TarInfo("hdc-candidate.cfg")
-            info.size, info.mode = path.stat().st_size, 0o644
-            tar.addfile(info, io.BytesIO(path.read_bytes()))
-        api = self.engine.api
-        self._call("copy the config", lambda: api.put_archive(self.name, "/tmp", archive.getvalue()))
-        exec_id = self._call("run haproxy -c", lambda: api.exec_create(
-            self.name, ["haproxy", "-c", "-f", "/tmp/hdc-candidate.cfg"])["Id"])
-        output = self._call("run haproxy -c", lambda: api.exec_start(exec_id)).decode(errors="replace")
-        accepted = self._call("run haproxy -c", lambda: api.exec_inspect(exec_id))["ExitCode"] == 0
-        return accepted, _alerts(output, "/tmp/hdc-candidate.cfg", shown)
-
-    def hot_restart(self, config: str, pidfile: str, settings: GlobalSettings) -> None:
-        """SIGUSR2 to the master, then wait for its log to say how loading went."""
-        since = int(time.time())
-        log.info("reloading haproxy in container %s (SIGUSR2 to its master)", self.name)
-        self._call("signal haproxy", lambda: self.engine.api.kill(self.name, "SIGUSR2"))
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            logs = self._call("read the logs", lambda: self.engine.api.logs(self.name, since=since)).decode(
-                errors="replace")
-            if "Loading success" in logs:
-                return
-            if "Loading failure" in logs:
-                raise HaproxyError(f"haproxy in container {self.name} failed to reload; the old workers "
-                                   f"keep serving", "\n".join(ln for ln in logs.splitlines() if "ALERT" in ln))
-            time.sleep(0.1)
-        raise HaproxyError(f"haproxy in container {self.name} did not report a reload within 10 s; "
-                           f"is it running haproxy -W (master-worker)? use -r to restart the container")
-
-    def restart(self) -> None:
-        log.info("restarting container %s", self.name)
-        self._call("restart", lambda: self.engine.api.restart(self.name, timeout=30))
-
-
 @contextlib.contextmanager
 def config_lock(target: Path, timeout: float) -> Iterator[None]:
     """Hold an exclusive lock beside the config across read, write and restart."""
@@ -922,7 +847,7 @@ def _remove_live(runtime: Runtime, backend: str, name: str, drain: float) -> Non
 
 
 ###############################################################################
-# Restarting haproxy ##########################################################
+# Reloading haproxy: on this host or in a container ###########################
 ###############################################################################
 
 
@@ -1016,6 +941,81 @@ def service_restart() -> None:
     sys.stderr.write(proc.stdout + proc.stderr)
     if proc.returncode != 0:
         raise HaproxyError(f"{' '.join(command)} failed with exit {proc.returncode}; see the lines above")
+
+
+class HostHaproxy:
+    """haproxy on this host: checked with `haproxy -c`, reloaded with -sf or the service manager."""
+
+    def __init__(self, binary: str) -> None:
+        self.binary = binary
+
+    def check(self, path: Path, shown: str) -> tuple[bool, str]:
+        return haproxy_check(self.binary, str(path), shown)
+
+    def hot_restart(self, config: str, pidfile: str, settings: GlobalSettings) -> None:
+        hot_restart(self.binary, config, pidfile, settings.exposed_socket(), settings.master_worker)
+
+    def restart(self) -> None:
+        service_restart()
+
+
+class ContainerHaproxy:
+    """haproxy in a container: checked with `haproxy -c` through docker exec, reloaded by
+    signalling its master (SIGUSR2; the official image runs haproxy -W as PID 1)."""
+
+    def __init__(self, engine: Engine, name: str) -> None:
+        self.engine, self.name = engine, name
+
+    def _call(self, what: str, call: Callable[[], Any]) -> Any:
+        import docker
+
+        try:
+            return call()
+        except docker.errors.DockerException as exc:
+            raise HaproxyError(f"cannot {what} in container {self.name} ({_root_cause(exc)}); "
+                               f"check --haproxy-container") from exc
+
+    def config_path(self, host_path: Path) -> str:
+        """Where the container sees the config: the destination of the bind mount of host_path."""
+        mounts = self._call("inspect", lambda: self.engine.api.inspect_container(self.name))["Mounts"]
+        return next((m["Destination"] for m in mounts if m.get("Source") == str(host_path)), CONTAINER_CONFIG)
+
+    def check(self, path: Path, shown: str) -> tuple[bool, str]:
+        """Copy the file into the container's /tmp and run haproxy -c on it there."""
+        archive = io.BytesIO()
+        with tarfile.open(fileobj=archive, mode="w") as tar:
+            info = tarfile.TarInfo("hdc-candidate.cfg")
+            info.size, info.mode = path.stat().st_size, 0o644
+            tar.addfile(info, io.BytesIO(path.read_bytes()))
+        api = self.engine.api
+        self._call("copy the config", lambda: api.put_archive(self.name, "/tmp", archive.getvalue()))
+        exec_id = self._call("run haproxy -c", lambda: api.exec_create(
+            self.name, ["haproxy", "-c", "-f", "/tmp/hdc-candidate.cfg"])["Id"])
+        output = self._call("run haproxy -c", lambda: api.exec_start(exec_id)).decode(errors="replace")
+        accepted = self._call("run haproxy -c", lambda: api.exec_inspect(exec_id))["ExitCode"] == 0
+        return accepted, _alerts(output, "/tmp/hdc-candidate.cfg", shown)
+
+    def hot_restart(self, config: str, pidfile: str, settings: GlobalSettings) -> None:
+        """SIGUSR2 to the master, then wait for its log to say how loading went."""
+        since = int(time.time())
+        log.info("reloading haproxy in container %s (SIGUSR2 to its master)", self.name)
+        self._call("signal haproxy", lambda: self.engine.api.kill(self.name, "SIGUSR2"))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            logs = self._call("read the logs", lambda: self.engine.api.logs(self.name, since=since)).decode(
+                errors="replace")
+            if "Loading success" in logs:
+                return
+            if "Loading failure" in logs:
+                raise HaproxyError(f"haproxy in container {self.name} failed to reload; the old workers "
+                                   f"keep serving", "\n".join(ln for ln in logs.splitlines() if "ALERT" in ln))
+            time.sleep(0.1)
+        raise HaproxyError(f"haproxy in container {self.name} did not report a reload within 10 s; "
+                           f"is it running haproxy -W (master-worker)? use -r to restart the container")
+
+    def restart(self) -> None:
+        log.info("restarting container %s", self.name)
+        self._call("restart", lambda: self.engine.api.restart(self.name, timeout=30))
 
 
 ###############################################################################
