@@ -1054,13 +1054,12 @@ class Report:
         return EXIT_NOT_BALANCED if bad and self.action in ("check", "verify") else EXIT_OK
 
 
-def add_containers(listener: Listener, refs: list[ContainerRef], engine: Engine,
-                   host_ip: str) -> list[Result]:
+def add_containers(listener: Listener, refs: list[ContainerRef], engine: Engine) -> list[Result]:
     """Render one server line per container and put it in the section; all or nothing."""
     _, template, indent = listener.template()
     lines = {}
     for ref in refs:
-        values = container_values(ref, engine.inspect(ref.ref), host_ip)
+        values = container_values(ref, engine.inspect(ref.ref), engine.host_ip)
         line = render_template(template, values)
         if server_name(line) in lines:
             raise UsageError(f"{ref.ref} and {lines[server_name(line)][0].ref} are the same container; give it once")
@@ -1226,18 +1225,20 @@ def _engines(args: argparse.Namespace) -> list[Engine]:
 def run(args: argparse.Namespace) -> Report:
     """Carry out one invocation; raises HdcError for anything that stops it."""
     action = _action(args)
+    engines = _engines(args)  # one connection (and one API version negotiation) per engine
     if action == "watch":
-        return watch(args)
+        return watch(args, engines)
     if action in ("sync", "prune"):
-        return sync(args, action, _engines(args), set())
+        return sync(args, action, engines, set())
     if action in ("add", "delete"):
         refs = parse_id_list(args.add if action == "add" else args.delete, action == "add")
-        return _write(args, action, args.listen, lambda listener: _edit(args, action, refs, listener))
+        edit = add_containers if action == "add" else delete_containers
+        return _write(args, action, args.listen, lambda listener: edit(listener, refs, engines[0]), engines[0])
     refs = parse_id_list(args.check, False) if action == "check" and args.check else []
     path = Path(args.config)
     listener = Listener(read_config(path), args.listen, str(path))
     report = Report(args.listen, action)
-    engine = _engines(args)[0]
+    engine = engines[0]
     if action == "check":
         report.results = check_containers(listener, refs, engine)
     elif action == "verify":
@@ -1246,11 +1247,12 @@ def run(args: argparse.Namespace) -> Report:
     return report
 
 
-def _write(args: argparse.Namespace, action: str, name: str, edit: Callable[[Listener], list[Result]]) -> Report:
+def _write(args: argparse.Namespace, action: str, name: str, edit: Callable[[Listener], list[Result]],
+           engine: Engine) -> Report:
     """Edit one listener under the lock; write and restart only when the bytes really changed."""
     path = Path(args.config)
     target = Path(os.path.realpath(path))
-    haproxy = _haproxy(args)
+    haproxy = _haproxy(args, engine)
     with config_lock(target, args.lock_timeout):
         _remove_stale_temps(target)
         old = read_config(path)
@@ -1263,7 +1265,7 @@ def _write(args: argparse.Namespace, action: str, name: str, edit: Callable[[Lis
         report.changed = new != old
         report.diff = unified_diff(str(path), old, new) if args.diff else None
         if report.changed:
-            _replace_and_apply(args, name, target, old, new, haproxy, report,
+            _replace_and_apply(args, name, target, old, new, haproxy, engine, report,
                                live_changes(before, _server_lines(listener)))
         else:
             log.info("%s unchanged; nothing written, haproxy not restarted", path)
@@ -1285,7 +1287,7 @@ def sync(args: argparse.Namespace, action: str, engines: list[Engine], remembere
     total = Report(args.listen, action)
     for name, fleet in fleets.items():
         edit = prune_listener if action == "prune" else sync_listener
-        part = _write(args, action, name, lambda listener, f=fleet: edit(listener, f))
+        part = _write(args, action, name, lambda listener, f=fleet: edit(listener, f), engines[0])
         for result in part.results:
             result.listener = name
         total.results += part.results
@@ -1305,37 +1307,29 @@ def _labelled_fleets(fleet: Fleet, remembered: set[str]) -> dict[str, Fleet]:
                         fleet.known) for name in sorted(remembered)}
 
 
-def _edit(args: argparse.Namespace, action: str, refs: list[ContainerRef], listener: Listener) -> list[Result]:
-    engine = _engines(args)[0]
-    if action == "add":
-        return add_containers(listener, refs, engine, engine.host_ip)
-    return delete_containers(listener, refs, engine)
-
-
 def _server_lines(listener: Listener) -> dict[str, str]:
     return {server_name(value): value for _, value in listener.servers()}
 
 
-def _haproxy(args: argparse.Namespace) -> HostHaproxy | ContainerHaproxy | None:
+def _haproxy(args: argparse.Namespace, engine: Engine) -> HostHaproxy | ContainerHaproxy | None:
     """Which haproxy validates and restarts: the one in --haproxy-container, else the host's
     (None when --no-validate and no restart needs it)."""
     if args.haproxy_container:
-        return ContainerHaproxy(_engines(args)[0], args.haproxy_container)
+        return ContainerHaproxy(engine, args.haproxy_container)
     if args.no_validate and args.hot_restart is None:
         return None
     return HostHaproxy(haproxy_binary(args.haproxy_bin))
 
 
 def _replace_and_apply(args: argparse.Namespace, name: str, target: Path, old: str, new: str,
-                       haproxy: HostHaproxy | ContainerHaproxy | None, report: Report,
+                       haproxy: HostHaproxy | ContainerHaproxy | None, engine: Engine, report: Report,
                        changes: tuple[list[str], list[str]]) -> None:
     """Replace the file, then apply it live or restart; an unvalidated change is rolled back
     if the restart fails."""
     checker = None if args.no_validate else haproxy
     if checker is None and not args.dry_run:
         log.warning("warning: --no-validate: %s is replaced without haproxy -c", args.config)
-    engine = _engines(args)[0] if not args.dry_run else None
-    in_place = in_place_reason(target, args.write_in_place, engine)
+    in_place = in_place_reason(target, args.write_in_place, None if args.dry_run else engine)
     _replace(target, args.config, old, new, checker, args.dry_run, in_place)
     if args.dry_run:
         return
@@ -1458,9 +1452,8 @@ def _finish(args: argparse.Namespace, report: Report, listener: Listener) -> Non
 ###############################################################################
 
 
-def watch(args: argparse.Namespace) -> Report:
+def watch(args: argparse.Namespace, engines: list[Engine]) -> Report:
     """--watch: sync, then sync again on every burst of container events, until SIGTERM/SIGINT."""
-    engines = _engines(args)
     total, remembered, excluded = Report(args.listen, "watch"), set(), set()
     events: queue.Queue[Any] = queue.Queue()
     stop = threading.Event()
