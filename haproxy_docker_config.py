@@ -9,10 +9,12 @@ replaces the file.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import dataclasses
 import difflib
 import fcntl
+import hashlib
 import io
 import json
 import logging
@@ -368,6 +370,30 @@ def unified_diff(path: str, old: str, new: str) -> str:
 ###############################################################################
 
 
+@contextlib.contextmanager
+def _lens_dir() -> Iterator[str]:
+    """A directory holding the lens file, for Augeas's loadpath.
+
+    Written once per lens version into a private cache directory, so that a run
+    killed mid-parse leaves nothing behind; a temp dir when there is no cache.
+    """
+    name = LENS_MODULE.lower() + ".aug"
+    try:
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "haproxy-docker-config"
+        directory = cache / ("lens-" + hashlib.sha256(LENS.encode()).hexdigest()[:16])
+        if not (directory / name).is_file():
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            temp = directory / f".{name}.{os.getpid()}"
+            temp.write_text(LENS)
+            os.replace(temp, directory / name)
+    except (OSError, RuntimeError):  # no writable home: a private temp dir for this run
+        with tempfile.TemporaryDirectory(prefix="hdc-lens-") as temp_dir:
+            Path(temp_dir, name).write_text(LENS)
+            yield temp_dir
+        return
+    yield str(directory)
+
+
 class ConfigDoc:
     """One haproxy.cfg parsed by the lens into an Augeas tree under /cfg.
 
@@ -383,8 +409,7 @@ class ConfigDoc:
         self._crlf = "\r\n" in text and text.count("\n") == text.count("\r\n")
         self._newline = "" if text.endswith("\n") or not text else "\r\n" if self._crlf else "\n"
         flags = augeas.Augeas.NO_MODL_AUTOLOAD | augeas.Augeas.NO_STDINC | augeas.Augeas.NO_LOAD
-        with tempfile.TemporaryDirectory(prefix="hdc-lens-") as lensdir:
-            Path(lensdir, LENS_MODULE.lower() + ".aug").write_text(LENS)
+        with _lens_dir() as lensdir:
             self.aug = augeas.Augeas(root="/", loadpath=lensdir, flags=flags)
             self.aug.set("/input", text + self._newline)
             self._store()
@@ -1329,10 +1354,12 @@ def _replace_and_apply(args: argparse.Namespace, name: str, target: Path, old: s
     checker = None if args.no_validate else haproxy
     if checker is None and not args.dry_run:
         log.warning("warning: --no-validate: %s is replaced without haproxy -c", args.config)
-    in_place = in_place_reason(target, args.write_in_place, None if args.dry_run else engine)
-    _replace(target, args.config, old, new, checker, args.dry_run, in_place)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # asking Docker overlaps with haproxy -c
+        asked = pool.submit(in_place_reason, target, args.write_in_place, None if args.dry_run else engine)
+        _replace(target, args.config, old, new, checker, args.dry_run, asked.result)
     if args.dry_run:
         return
+    in_place = asked.result()
     settings = global_settings(old)
     try:
         if not _applied_live(args, name, settings, changes, report):
@@ -1340,13 +1367,13 @@ def _replace_and_apply(args: argparse.Namespace, name: str, target: Path, old: s
     except HaproxyError as exc:
         if checker is not None:
             raise
-        _replace(target, args.config, new, old, None, False, in_place)
+        _replace(target, args.config, new, old, None, False, lambda: in_place)
         raise HaproxyError(f"{exc}; the change was not validated, so the previous {args.config} "
                            f"is restored", exc.details) from exc
 
 
 def _replace(target: Path, shown: str, old: str, new: str, checker: HostHaproxy | ContainerHaproxy | None,
-             dry_run: bool, in_place: str | None) -> None:
+             dry_run: bool, why_in_place: Callable[[], str | None]) -> None:
     """Validate the new content beside the target, keep a .bak, then rename it over the target
     (or rewrite the target in place, when a rename would not reach its readers)."""
     candidate = _write_beside(target, new.encode("latin-1"), ".tmp")
@@ -1356,6 +1383,7 @@ def _replace(target: Path, shown: str, old: str, new: str, checker: HostHaproxy 
         if dry_run:
             log.info("dry run: %s not written", shown)
             return
+        in_place = why_in_place()
         backup = _write_beside(target, old.encode("latin-1"), ".bak.tmp")
         os.replace(backup, target.with_name(target.name + ".bak"))
         if in_place:

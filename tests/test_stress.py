@@ -5,7 +5,9 @@ from __future__ import annotations
 import random
 import signal
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 from conftest import CLI, run_cli, write_config
 
@@ -46,6 +48,7 @@ def test_killed_at_random_moments_the_config_is_old_or_new_and_valid(tmp_path, m
     span = (time.monotonic() - started) * 1.2
     new = cfg.path.read_bytes()
     rng = random.Random(1234)
+    lens_dirs = set(Path(tempfile.gettempdir()).glob("hdc-lens-*"))
     outcomes = []
     for _ in range(50):
         cfg.path.write_bytes(old)
@@ -62,3 +65,4 @@ def test_killed_at_random_moments_the_config_is_old_or_new_and_valid(tmp_path, m
     assert result.returncode == 0, result.stderr
     assert cfg.path.read_bytes() == old
     assert not list(tmp_path.glob(".haproxy.cfg.*")), "temp files of killed runs are cleaned up"
+    assert set(Path(tempfile.gettempdir()).glob("hdc-lens-*")) == lens_dirs, "the lens is cached, not left in /tmp"
