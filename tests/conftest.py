@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -25,6 +24,8 @@ import pytest
 from docker.models.containers import Container
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))  # the load generator and the Docker proxy live there
+from counting_proxy import CountingProxy  # noqa: E402
 IMAGE = "hdc-test-httpd:latest"
 LABEL = "hdc-test"
 CLI = Path(sys.executable).parent / "haproxy-docker-config"
@@ -259,59 +260,20 @@ def cli() -> Callable[..., subprocess.CompletedProcess[str]]:
     return run_cli
 
 
-class _UnixForwarder:
-    """A TCP listener that pipes each connection to the local Docker socket: a tcp:// engine.
-
-    read_only: like a socket proxy that allows only GET and HEAD, anything else gets 403.
-    """
-
-    def __init__(self, host: str, read_only: bool = False) -> None:
-        self.server = socket.create_server((host, 0))
-        self.url = f"tcp://{host}:{self.server.getsockname()[1]}"
-        self.read_only = read_only
-        self.refused: list[str] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            upstream = socket.socket(socket.AF_UNIX)
-            upstream.connect("/var/run/docker.sock")
-            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
-
-    def _pipe(self, src: socket.socket, dst: socket.socket, from_client: bool) -> None:
-        with contextlib.suppress(OSError):
-            while data := src.recv(65536):
-                if from_client and self.read_only and not data.startswith((b"GET ", b"HEAD ")):
-                    self.refused.append(data.split(b"\r\n", 1)[0].decode(errors="replace"))
-                    body = b'{"message":"read-only proxy: only GET and HEAD"}'
-                    src.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\n"
-                                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
-                    break
-                dst.sendall(data)
-        for sock in (dst, src) if from_client else (dst,):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_WR)
-
-
 @pytest.fixture
 def docker_tcp_url() -> Iterator[str]:
     """tcp:// URL of the local engine, reached through 127.0.0.2 (so its host is visible)."""
-    forwarder = _UnixForwarder("127.0.0.2")
-    yield forwarder.url
-    forwarder.server.close()
+    proxy = CountingProxy(host="127.0.0.2")
+    yield proxy.url
+    proxy.close()
 
 
 @pytest.fixture
-def read_only_engine() -> Iterator[_UnixForwarder]:
+def read_only_engine() -> Iterator[CountingProxy]:
     """The local engine behind a proxy that lets only GET and HEAD through."""
-    forwarder = _UnixForwarder("127.0.0.1", read_only=True)
-    yield forwarder
-    forwarder.server.close()
+    proxy = CountingProxy(read_only=True)
+    yield proxy
+    proxy.close()
 
 
 class SecondEngine:

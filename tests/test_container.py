@@ -6,15 +6,12 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from conftest import CLI, LABEL, host_port, http_get, run_cli, write_config
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-import load  # noqa: E402
+import load  # bench/load.py (conftest puts bench/ on the path)
 
 HAPROXY_IMAGE = "hdc-haproxy:latest"
 

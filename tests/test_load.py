@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-import load  # noqa: E402  (bench/load.py: the same scenario, as a script)
+import load  # bench/load.py, the same scenario as a script (conftest puts bench/ on the path)
 
 
 def test_steady_load_loses_no_request_while_containers_change(docker_client) -> None:

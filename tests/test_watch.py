@@ -5,17 +5,14 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 from conftest import CLI, IMAGE, LABEL, haproxy_pids, run_cli, write_config
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-import load  # noqa: E402
+import load  # bench/load.py (conftest puts bench/ on the path)
 
 LISTEN = "haproxy-docker-config.listen"
 MAIN_URL = "unix:///var/run/docker.sock"
