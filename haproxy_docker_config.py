@@ -511,7 +511,6 @@ class Listener:
     def __init__(self, text: str, name: str, source: str) -> None:
         self._start, self._end, line = listener_span(text, name, source)
         self._text = text
-        self.name = name
         self.doc = ConfigDoc(text[self._start:self._end], source, line)
 
     def text(self) -> str:
@@ -566,9 +565,11 @@ class Engine:
             client = docker.from_env(environment=env, timeout=self.timeout,
                                      use_ssh_client=self.describe().startswith("ssh://"))
         except docker.errors.DockerException as exc:
-            raise DockerError(f"cannot reach the Docker engine at {self.describe()} "
-                              f"({_root_cause(exc)}); start dockerd or give --docker-url") from exc
+            raise self._failure("reach the Docker engine at", exc) from exc
         return client.api
+
+    def _failure(self, what: str, exc: BaseException) -> DockerError:
+        return DockerError(f"cannot {what} {self.describe()} ({_root_cause(exc)}); start dockerd or give --docker-url")
 
     def inspect(self, ref: str) -> dict[str, Any] | None:
         """docker inspect of a container by id, unique prefix or name; None if unknown."""
@@ -581,8 +582,7 @@ class Engine:
         except docker.errors.APIError as exc:
             raise DockerError(f"container {ref}: {exc.explanation or exc}; give a longer id or the name") from exc
         except docker.errors.DockerException as exc:
-            raise DockerError(f"cannot reach the Docker engine at {self.describe()} "
-                              f"({_root_cause(exc)}); start dockerd or give --docker-url") from exc
+            raise self._failure("reach the Docker engine at", exc) from exc
 
     def running(self) -> list[dict[str, Any]]:
         """Every running container, in one API call."""
@@ -595,8 +595,7 @@ class Engine:
         try:
             return self.api.containers(all=everything, filters=filters)
         except docker.errors.DockerException as exc:
-            raise DockerError(f"cannot list containers at {self.describe()} "
-                              f"({_root_cause(exc)}); start dockerd or give --docker-url") from exc
+            raise self._failure("list containers at", exc) from exc
 
 
 def container_values(ref: ContainerRef, attrs: dict[str, Any] | None, host_ip: str) -> dict[str, Any]:
@@ -1238,8 +1237,9 @@ def _action(args: argparse.Namespace) -> str:
         raise UsageError("the following arguments are required: -l/--listen; see --help")
     if len(args.docker_url or ()) > 1 and action not in ("sync", "prune", "watch"):
         raise UsageError("--docker-url may be given more than once only with --sync, --prune or --watch")
-    if args.filter and action not in ("sync", "watch"):
-        raise UsageError("--filter selects containers for --sync or --watch only")
+    if args.filter and (action not in ("sync", "watch") or args.listen is None):
+        raise UsageError("--filter selects the containers of one listener: give it with -l, "
+                         "with --sync or --watch")
     return action
 
 
@@ -1312,7 +1312,13 @@ def sync(args: argparse.Namespace, action: str, engines: list[Engine], remembere
     total = Report(args.listen, action)
     for name, fleet in fleets.items():
         edit = prune_listener if action == "prune" else sync_listener
-        part = _write(args, action, name, lambda listener, f=fleet: edit(listener, f), engines[0])
+        try:
+            part = _write(args, action, name, lambda listener, f=fleet: edit(listener, f), engines[0])
+        except ConfigError as exc:
+            if args.listen:
+                raise
+            log.warning("warning: %s; listener %s skipped, the others are synced", exc, name)
+            continue
         for result in part.results:
             result.listener = name
         total.results += part.results

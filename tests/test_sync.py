@@ -75,8 +75,14 @@ def test_sync_without_l_serves_every_labelled_listener(tmp_path, make_container)
     assert sorted(result.stdout.splitlines()) == sorted([
         "%-20s\tadded\t127.0.0.1:%d" % (f"api/{a.short_id}", host_port(a)),
         "%-20s\tadded\t127.0.0.1:%d" % (f"web/{w.short_id}", host_port(w))])
-    a.stop(timeout=1)  # stopped, still known by its label: api is synced, and emptied
+    a.stop(timeout=3)  # stopped, still known by its label: api is synced, and emptied
     assert sync(cfg).stdout == "%-20s\tremoved\n" % f"api/{a.short_id}"
+    typo = labelled(make_container, "wbe")  # a listener the config does not have: the others go on
+    result = sync(cfg)
+    assert result.returncode == 0 and result.stdout == ""
+    assert result.stderr == (f"warning: {cfg.path}: no listen or backend section named wbe; check -l and -f; "
+                             "listener wbe skipped, the others are synced\n")
+    assert typo.short_id not in servers(cfg)
 
 
 def test_prune_removes_only_servers_whose_containers_are_gone(cfg, make_container) -> None:
@@ -106,3 +112,6 @@ def test_bad_filter_is_a_usage_error(cfg) -> None:
     result = sync(cfg, "-l", "web", "--filter", "label")
     assert (result.returncode, result.stdout, result.stderr) == (
         2, "", "ERROR: --filter 'label' is not KEY=VALUE, e.g. label=app=web or ancestor=IMAGE\n")
+    result = sync(cfg, "--filter", "label=app=web")
+    assert (result.returncode, result.stderr) == (
+        2, "ERROR: --filter selects the containers of one listener: give it with -l, with --sync or --watch\n")
