@@ -64,7 +64,8 @@ EXIT_STATUS_HELP = """exit status:
      no template, file already rejected by haproxy, cannot lock or write)
   4  Docker problem (engine unreachable, unknown or stopped container,
      no published port)
-  5  haproxy rejected the change, or its restart failed"""
+  5  haproxy rejected the change, or its restart failed
+  (an unexpected error is one line too, with status 3; -v shows the traceback)"""
 
 #: Module name chosen so it cannot clash with a lens installed on the system.
 LENS_MODULE = "Haproxy_docker_config"
@@ -213,6 +214,12 @@ def render_template(template: str, values: dict[str, Any]) -> str:
 def server_name(line: str | None) -> str:
     """The name of a server from the value of its line (`NAME ADDR:PORT ...`)."""
     return line.split(None, 1)[0] if line and line.strip() else ""
+
+
+def server_address(line: str) -> tuple[str | None, int | None]:
+    """(ip, port) of a server line's value (`NAME ADDR:PORT ...`); None where it has none."""
+    words = line.split()
+    return split_address(words[1]) if len(words) > 1 else (None, None)
 
 
 def split_address(address: str) -> tuple[str | None, int | None]:
@@ -1216,9 +1223,7 @@ def _remove_managed(listener: Listener, template: str, unwanted: Callable[[str],
 
 def _server_result(value: str, status: str) -> Result:
     name = server_name(value)
-    words = value.split()
-    ip, port = split_address(words[1]) if len(words) > 1 else (None, None)
-    return Result(name, status, name, ip, port)
+    return Result(name, status, name, *server_address(value))
 
 
 ###############################################################################
@@ -1598,7 +1603,6 @@ def render_plain(report: Report, verbose: bool) -> str:
 def as_document(report: Report) -> dict[str, Any]:
     """The one JSON/YAML document: typed, the same schema for both."""
     doc = dataclasses.asdict(report)
-    doc["results"] = [dataclasses.asdict(r) for r in report.results]
     doc["servers"] = None if report.servers is None else [_server_entry(v) for v in report.servers]
     doc["exit_status"] = report.status
     return doc
@@ -1606,7 +1610,7 @@ def as_document(report: Report) -> dict[str, Any]:
 
 def _server_entry(value: str) -> dict[str, Any]:
     words = value.split(None, 2)
-    ip, port = split_address(words[1]) if len(words) > 1 else (None, None)
+    ip, port = server_address(value)
     return {"name": server_name(value), "ip": ip, "port": port,
             "options": words[2] if len(words) > 2 else "", "line": value}
 
@@ -1738,6 +1742,13 @@ def main(argv: list[str] | None = None) -> int:
             log.exception("traceback:")
         sys.stderr.write(f"ERROR: {exc}\n" + "".join(f"  {ln}\n" for ln in exc.details.splitlines()))
         return exc.status
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a bug or a surprise of the system: still one line, unless -v
+        if verbose:
+            log.exception("traceback:")
+        sys.stderr.write(f"ERROR: unexpected {type(exc).__name__}: {exc}; rerun with -v for the traceback\n")
+        return EXIT_CONFIG
     sys.stdout.write(render(report, args.format or "plain", args.verbose))
     return report.status
 
