@@ -222,3 +222,20 @@ def test_watch_reconnects_after_the_engine_restarts(tmp_path, second_engine, wat
     assert w.stop()[0] == 0
     for c in (before, after):
         c.remove(force=True)
+
+
+def test_an_unhealthy_container_leaves_until_healthy_again(tmp_path, docker_client, haproxy, watcher) -> None:
+    cfg = write_config(tmp_path, listener="web")
+    c = docker_client.containers.run(
+        IMAGE, detach=True, ports={"8080/tcp": ("127.0.0.1", None)}, labels={LISTEN: "web", LABEL: "1"},
+        healthcheck={"test": ["CMD-SHELL", "test -f /www/index.html"], "interval": 500_000_000, "retries": 1})
+    try:
+        haproxy(cfg)
+        watcher(cfg, "-l", "web")
+        wait_until(lambda: c.short_id in live_servers(cfg), 15)
+        c.exec_run(["/bin/busybox", "mv", "/www/index.html", "/www/away"])
+        assert wait_until(lambda: c.short_id not in file_servers(cfg), 15) < 15
+        c.exec_run(["/bin/busybox", "mv", "/www/away", "/www/index.html"])
+        wait_until(lambda: c.short_id in live_servers(cfg), 15)
+    finally:
+        c.remove(force=True)
