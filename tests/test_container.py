@@ -167,3 +167,19 @@ def test_a_read_only_docker_socket_is_enough(tmp_path, make_container, read_only
     refused = cli(cfg.path, "-a", c.short_id, *url, "--haproxy-container", a.name)
     assert refused.returncode == 5 and refused.stderr.startswith(f"ERROR: cannot copy the config in container {a.name}")
     assert read_only_engine.refused and cfg.path.read_bytes() == before
+
+
+def test_r_restarts_the_haproxy_container(haproxy_container, make_container) -> None:
+    cfg, container, gateway, _ = haproxy_container
+    started = container.attrs["State"]["StartedAt"]
+    c = make_container(host_ip="")
+    result = cli(cfg.path, "-a", c.short_id, "--haproxy-container", container.name, "--host-ip", gateway,
+                 "--no-runtime", "-r", "-v")
+    assert result.returncode == 0, result.stderr
+    assert f"restarting container {container.name}" in result.stderr
+    container.reload()
+    assert container.attrs["State"]["StartedAt"] != started
+    deadline = time.monotonic() + 10
+    while _safe_get(cfg.port) != c.short_id:
+        assert time.monotonic() < deadline, "the restarted haproxy never served the new server"
+        time.sleep(0.1)
