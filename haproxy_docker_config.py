@@ -1079,6 +1079,14 @@ class Report:
     servers: list[str] | None = None
     diff: str | None = None
 
+    def absorb(self, part: Report) -> None:
+        """Add the outcome of one listener's pass (sync over several listeners, watch)."""
+        self.results += part.results
+        self.changed |= part.changed
+        self.restarted |= part.restarted
+        self.runtime = part.runtime or self.runtime
+        self.diff = (self.diff or "") + part.diff if part.diff else self.diff
+
     @property
     def status(self) -> int:
         bad = any(r.status in ("not_balanced", "not_found") for r in self.results)
@@ -1198,7 +1206,7 @@ def desired_servers(template: str, fleet: Fleet) -> dict[str, tuple[str, dict[st
 def sync_listener(listener: Listener, fleet: Fleet) -> list[Result]:
     """Add or update every selected container; remove managed servers no longer selected."""
     _, template, indent = listener.template()
-    current = {server_name(v): v for _, v in listener.servers()}
+    current = _server_lines(listener)
     wanted = desired_servers(template, fleet)
     results = []
     for name, (line, values) in wanted.items():
@@ -1326,11 +1334,7 @@ def sync(args: argparse.Namespace, action: str, engines: list[Engine], remembere
             continue
         for result in part.results:
             result.listener = name
-        total.results += part.results
-        total.changed |= part.changed
-        total.restarted |= part.restarted
-        total.runtime = part.runtime or total.runtime
-        total.diff = (total.diff or "") + part.diff if part.diff else total.diff
+        total.absorb(part)
         total.servers = part.servers if args.listen else None
     return total
 
@@ -1538,9 +1542,7 @@ def _watch_pass(args: argparse.Namespace, engines: list[Engine], total: Report, 
     for r in report.results:
         where = f" {r.ip}:{r.port}" if r.port else ""
         log.warning("%s %s/%s%s", r.status, r.listener, r.server, where)
-    total.results += report.results
-    total.changed |= report.changed
-    total.restarted |= report.restarted
+    total.absorb(report)
 
 
 def _follow(engine: Engine, events: queue.Queue[Any], stop: threading.Event) -> None:
