@@ -176,6 +176,14 @@ def write_config(
     return Cfg(path=path, port=port, pidfile=tmp_path / "haproxy.pid", sock=sock)
 
 
+def ask_haproxy(sock_path: Path, command: str) -> str:
+    """One command on haproxy's stats socket, its whole answer."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(sock_path))
+        sock.sendall(command.encode() + b"\n")
+        return b"".join(iter(lambda: sock.recv(65536), b"")).decode()
+
+
 def haproxy_pids(cfg: Cfg) -> list[int]:
     """PIDs listed in cfg.pidfile (haproxy writes one per line); [] if there is none."""
     try:

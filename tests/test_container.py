@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
 
 import pytest
-from conftest import CLI, LABEL, host_port, http_get, run_cli, write_config
+from conftest import CLI, LABEL, ask_haproxy, host_port, http_get, run_cli, write_config
 
 import load  # bench/load.py (conftest puts bench/ on the path)
 
@@ -127,7 +126,7 @@ def test_a_server_down_before_a_reload_gets_no_request_after_it(tmp_path, make_c
     alive, down = make_container(), make_container()
     assert cli(cfg.path, "-a", f"{alive.short_id},{down.short_id}").returncode == 0
     haproxy(cfg)
-    _ask(cfg.sock, f"set server web/{down.short_id} health down")  # known down (it answers, but is not to be used)
+    ask_haproxy(cfg.sock, f"set server web/{down.short_id} health down")  # known down (it answers, but is not to be used)
     assert _op_state(cfg.sock, down.short_id) == "0"
     other = make_container()
     result = cli(cfg.path, "-a", other.short_id, "-h", str(cfg.pidfile), "--no-runtime", "-v")
@@ -137,15 +136,8 @@ def test_a_server_down_before_a_reload_gets_no_request_after_it(tmp_path, make_c
     assert _op_state(cfg.sock, down.short_id) == "0"
 
 
-def _ask(sock_path, command: str) -> str:
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.connect(str(sock_path))
-        sock.sendall(command.encode() + b"\n")
-        return b"".join(iter(lambda: sock.recv(65536), b"")).decode()
-
-
 def _op_state(sock_path, server: str) -> str | None:
-    rows = [line.split() for line in _ask(sock_path, "show servers state web").splitlines()[2:]]
+    rows = [line.split() for line in ask_haproxy(sock_path, "show servers state web").splitlines()[2:]]
     return next((row[5] for row in rows if len(row) > 5 and row[3] == server), None)
 
 

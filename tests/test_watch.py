@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import threading
 import time
 import urllib.request
 
 import pytest
-from conftest import CLI, IMAGE, LABEL, haproxy_pids, run_cli, write_config
+from conftest import CLI, IMAGE, LABEL, ask_haproxy, haproxy_pids, run_cli, write_config
 
 import load  # bench/load.py (conftest puts bench/ on the path)
 
@@ -29,11 +28,7 @@ def resilient_config(tmp_path):
 
 def live_servers(cfg) -> set[str]:
     """Servers the running haproxy sends traffic to (not in maintenance), asked on its stats socket."""
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.connect(str(cfg.sock))
-        sock.sendall(b"show servers state web\n")
-        answer = b"".join(iter(lambda: sock.recv(65536), b"")).decode()
-    rows = [line.split() for line in answer.splitlines()[2:]]
+    rows = [line.split() for line in ask_haproxy(cfg.sock, "show servers state web").splitlines()[2:]]
     return {row[3] for row in rows if len(row) > 6 and row[6] == "0"}  # srv_admin_state 0: ready
 
 
