@@ -98,7 +98,6 @@ let lns = body . section*
 
 STATS_SOCKET = re.compile(r"^[ \t]*stats[ \t]+socket[ \t]+([^ \t\r\n]+)([^\r\n]*)", re.MULTILINE)
 STATE_FILE = re.compile(r"^[ \t]*server-state-(file|base)[ \t]+([^ \t\r\n#]+)", re.MULTILINE)
-CONTAINER_CONFIG = "/usr/local/etc/haproxy/haproxy.cfg"  # where the official image reads it
 MASTER_WORKER = re.compile(r"^[ \t]*master-worker(?=[ \t\r\n]|$)", re.MULTILINE)
 TEMPLATE_MARK = re.compile(r"DOCKERSERVER(?:\s+|$)")
 ERB_VARIABLE = re.compile(r"<%=\s*(\w+)\s*%>")
@@ -1005,11 +1004,6 @@ class ContainerHaproxy:
         except docker.errors.DockerException as exc:
             raise HaproxyError(f"cannot {what} in container {self.name} ({_root_cause(exc)}); "
                                f"check --haproxy-container") from exc
-
-    def config_path(self, host_path: Path) -> str:
-        """Where the container sees the config: the destination of the bind mount of host_path."""
-        mounts = self._call("inspect", lambda: self.engine.api.inspect_container(self.name))["Mounts"]
-        return next((m["Destination"] for m in mounts if m.get("Source") == str(host_path)), CONTAINER_CONFIG)
 
     def check(self, path: Path, shown: str) -> tuple[bool, str]:
         """Copy the file into the container's /tmp and run haproxy -c on it there."""
