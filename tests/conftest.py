@@ -28,6 +28,9 @@ sys.path.insert(0, str(REPO / "bench"))  # the load generator and the Docker pro
 from counting_proxy import CountingProxy  # noqa: E402
 IMAGE = "hdc-test-httpd:latest"
 LABEL = "hdc-test"
+#: This run's value of LABEL: the final sweep removes only this run's containers, so that two
+#: suites (two checkouts) can share one dockerd.
+RUN = f"run-{os.getpid()}"
 CLI = Path(sys.executable).parent / "haproxy-docker-config"
 DEFAULT_TEMPLATE = "$id ${ip}:$port check inter 2000 rise 2 fall 5"
 # Tests only talk to loopback; a proxy from the environment must never interfere.
@@ -48,7 +51,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Sweep containers left over by crashed or interrupted tests (they carry our label)."""
     try:
         client = docker.from_env()
-        for c in client.containers.list(all=True, filters={"label": f"{LABEL}=1"}):
+        for c in client.containers.list(all=True, filters={"label": f"{LABEL}={RUN}"}):
             _remove(c)
     except docker.errors.DockerException:
         pass
@@ -125,7 +128,7 @@ def make_container(docker_client: docker.DockerClient) -> Iterator[Callable[...,
             detach=True,
             name=name,
             ports={f"{p}/tcp": (host_ip, None) for p in ports},
-            labels={**(labels or {}), LABEL: "1"},
+            labels={**(labels or {}), LABEL: RUN},
         )
         made.append(container)
         container.reload()

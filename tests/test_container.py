@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import ipaddress
 import os
 import subprocess
 import time
 
 import pytest
-from conftest import CLI, LABEL, ask_haproxy, host_port, http_get, run_cli, write_config
+from conftest import CLI, LABEL, RUN, ask_haproxy, host_port, http_get, run_cli, write_config
 
 import load  # bench/load.py (conftest puts bench/ on the path)
 
@@ -21,7 +22,7 @@ def cli(cfg_path, *args: str, listener: str = "web") -> subprocess.CompletedProc
 
 def test_a_bind_mounted_config_is_rewritten_in_place(tmp_path, docker_client, make_container) -> None:
     cfg = write_config(tmp_path, listener="web")
-    viewer = docker_client.containers.run("hdc-test-httpd:latest", detach=True, labels={LABEL: "1"},
+    viewer = docker_client.containers.run("hdc-test-httpd:latest", detach=True, labels={LABEL: RUN},
                                           volumes={str(cfg.path): {"bind": "/etc/seen.cfg", "mode": "ro"}})
     try:
         inode = cfg.path.stat().st_ino
@@ -53,14 +54,16 @@ def test_hard_links_and_write_in_place(tmp_path, make_container) -> None:
 @pytest.fixture
 def haproxy_container(tmp_path, docker_client):
     """haproxy -W as PID 1 in a container, config bind-mounted read-only, stats socket on a mounted dir."""
-    gateway = docker_client.networks.get("bridge").attrs["IPAM"]["Config"][0]["Gateway"]
+    ipam = docker_client.networks.get("bridge").attrs["IPAM"]["Config"][0]
+    # Some engines list no Gateway for the default bridge: it is then the subnet's first address.
+    gateway = ipam.get("Gateway") or str(next(ipaddress.ip_network(ipam["Subnet"]).hosts()))
     run = tmp_path / "run"
     run.mkdir()
     cfg = write_config(tmp_path, listener="web", stats_socket=False)
     text = cfg.path.read_text().replace("global\n", "global\n    stats socket /run/haproxy/admin.sock mode 600 level admin\n")
     cfg.path.write_text(text.replace(f"bind 127.0.0.1:{cfg.port}", "bind :8080"))
     container = docker_client.containers.run(
-        HAPROXY_IMAGE, detach=True, labels={LABEL: "1"}, ports={"8080/tcp": ("127.0.0.1", cfg.port)},
+        HAPROXY_IMAGE, detach=True, labels={LABEL: RUN}, ports={"8080/tcp": ("127.0.0.1", cfg.port)},
         volumes={str(cfg.path): {"bind": "/usr/local/etc/haproxy/haproxy.cfg", "mode": "ro"},
                  str(run): {"bind": "/run/haproxy", "mode": "rw"}})
     deadline = time.monotonic() + 10

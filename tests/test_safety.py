@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CLI, IMAGE, LABEL, haproxy_pids, http_get, run_cli, write_config
+from conftest import CLI, IMAGE, LABEL, RUN, haproxy_pids, http_get, run_cli, write_config
 
 NOBODY = pwd.getpwnam("nobody")
 
@@ -239,7 +239,7 @@ def test_an_ambiguous_prefix(tmp_path, docker_client) -> None:
     made, by_first = [], {}
     try:
         while True:  # create (not start) containers until two ids share their first character
-            c = docker_client.containers.create(IMAGE, labels={LABEL: "1"})
+            c = docker_client.containers.create(IMAGE, labels={LABEL: RUN})
             made.append(c)
             if c.id[0] in by_first:
                 break

@@ -9,7 +9,7 @@ import time
 import urllib.request
 
 import pytest
-from conftest import CLI, IMAGE, LABEL, ask_haproxy, haproxy_pids, run_cli, write_config
+from conftest import CLI, IMAGE, LABEL, RUN, ask_haproxy, haproxy_pids, run_cli, write_config
 
 import load  # bench/load.py (conftest puts bench/ on the path)
 
@@ -83,7 +83,7 @@ def watcher():
 
 def run_labelled(client, listener: str = "web", host_ip: str = "127.0.0.1", start: bool = True):
     make = client.containers.run if start else client.containers.create
-    c = make(IMAGE, detach=True, ports={"8080/tcp": (host_ip, None)}, labels={LISTEN: listener, LABEL: "1"})
+    c = make(IMAGE, detach=True, ports={"8080/tcp": (host_ip, None)}, labels={LISTEN: listener, LABEL: RUN})
     return c
 
 
@@ -222,7 +222,7 @@ def test_watch_reconnects_after_the_engine_restarts(tmp_path, second_engine, wat
 def test_an_unhealthy_container_leaves_until_healthy_again(tmp_path, docker_client, haproxy, watcher) -> None:
     cfg = write_config(tmp_path, listener="web")
     c = docker_client.containers.run(
-        IMAGE, detach=True, ports={"8080/tcp": ("127.0.0.1", None)}, labels={LISTEN: "web", LABEL: "1"},
+        IMAGE, detach=True, ports={"8080/tcp": ("127.0.0.1", None)}, labels={LISTEN: "web", LABEL: RUN},
         healthcheck={"test": ["CMD-SHELL", "test -f /www/index.html"], "interval": 500_000_000, "retries": 1})
     try:
         haproxy(cfg)
