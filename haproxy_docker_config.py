@@ -372,6 +372,58 @@ def unified_diff(path: str, old: str, new: str) -> str:
 
 
 ###############################################################################
+# Settings: what one invocation asks for ######################################
+###############################################################################
+
+
+@dataclasses.dataclass(frozen=True)
+class FileOptions:
+    """How the config file is read, changed and replaced."""
+
+    path: str
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+    validate: bool = True
+    dry_run: bool = False
+    diff: bool = False
+    write_in_place: bool = False
+    show: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class HaproxyOptions:
+    """Which haproxy checks the file, and how a change reaches the running one."""
+
+    binary: str | None = None
+    container: str | None = None
+    pidfile: str | None = None  # -h: hot-restart the haproxy of this pidfile
+    restart: bool = False
+    runtime: bool = True
+    runtime_socket: str | None = None
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    state_file: str | None = None
+
+    @property
+    def reloads(self) -> bool:
+        """Whether -h or -r asked for a reload after a change."""
+        return self.pidfile is not None or self.restart
+
+
+@dataclasses.dataclass(frozen=True)
+class Mode:
+    """One invocation as decoded from the command line; run() passes this down, never argparse's Namespace."""
+
+    action: str
+    listener: str | None
+    file: FileOptions
+    haproxy: HaproxyOptions
+    refs: tuple[ContainerRef, ...] = ()
+    filters: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    docker_urls: tuple[str | None, ...] = (None,)
+    host_ip: str | None = None
+    coalesce: float = DEFAULT_COALESCE
+
+
+###############################################################################
 # The Augeas edge: config text in, config text out ############################
 ###############################################################################
 
@@ -1250,42 +1302,54 @@ def _action(args: argparse.Namespace) -> str:
     return action
 
 
-def _engines(args: argparse.Namespace) -> list[Engine]:
-    return [Engine(url, host_ip=args.host_ip) for url in (args.docker_url or [None])]
+def _refs(args: argparse.Namespace, action: str) -> tuple[ContainerRef, ...]:
+    """The id list of --add or --delete, or of --check (where none means every server)."""
+    if action in ("add", "delete") or (action == "check" and args.check):
+        return tuple(parse_id_list(getattr(args, action), action == "add"))
+    return ()
+
+
+def _mode(args: argparse.Namespace) -> Mode:
+    """Decode the command line once; below run() only typed settings travel."""
+    action = _action(args)
+    file = FileOptions(args.config, args.lock_timeout, not args.no_validate, args.dry_run, args.diff,
+                       args.write_in_place, args.show)
+    haproxy = HaproxyOptions(args.haproxy_bin, args.haproxy_container, args.hot_restart, args.restart,
+                             not args.no_runtime, args.runtime_socket, args.drain_timeout, args.state_file)
+    return Mode(action, args.listen, file, haproxy, _refs(args, action), parse_filters(args.filter or []),
+                tuple(args.docker_url or [None]), args.host_ip, args.coalesce)
 
 
 def run(args: argparse.Namespace) -> Report:
     """Carry out one invocation; raises HdcError for anything that stops it."""
-    action = _action(args)
-    engines = _engines(args)  # one connection (and one API version negotiation) per engine
-    if action == "watch":
-        return watch(args, engines)
-    if action in ("sync", "prune"):
-        return sync(args, action, engines, set())
-    if action in ("add", "delete"):
-        refs = parse_id_list(args.add if action == "add" else args.delete, action == "add")
-        edit = add_containers if action == "add" else delete_containers
-        return _write(args, action, args.listen, lambda listener: edit(listener, refs, engines[0]), engines[0])
-    refs = parse_id_list(args.check, False) if action == "check" and args.check else []
-    path = Path(args.config)
-    listener = Listener(read_config(path), args.listen, str(path))
-    report = Report(args.listen, action)
-    engine = engines[0]
-    if action == "check":
-        report.results = check_containers(listener, refs, engine)
-    elif action == "verify":
-        report.results = verify_servers(listener, engine)
-    _finish(args, report, listener)
+    mode = _mode(args)
+    engines = [Engine(url, host_ip=mode.host_ip) for url in mode.docker_urls]  # one connection per engine
+    if mode.action == "watch":
+        return watch(mode, engines)
+    if mode.action in ("sync", "prune"):
+        return sync(mode, mode.action, engines, set())
+    if mode.action in ("add", "delete"):
+        edit = add_containers if mode.action == "add" else delete_containers
+        return _write(mode.file, mode.haproxy, mode.action, mode.listener,
+                      lambda listener: edit(listener, list(mode.refs), engines[0]), engines[0])
+    path = Path(mode.file.path)
+    listener = Listener(read_config(path), mode.listener, str(path))
+    report = Report(mode.listener, mode.action)
+    if mode.action == "check":
+        report.results = check_containers(listener, list(mode.refs), engines[0])
+    elif mode.action == "verify":
+        report.results = verify_servers(listener, engines[0])
+    _finish(mode.file, report, listener)
     return report
 
 
-def _write(args: argparse.Namespace, action: str, name: str, edit: Callable[[Listener], list[Result]],
-           engine: Engine) -> Report:
+def _write(file: FileOptions, options: HaproxyOptions, action: str, name: str,
+           edit: Callable[[Listener], list[Result]], engine: Engine) -> Report:
     """Edit one listener under the lock; write and restart only when the bytes really changed."""
-    path = Path(args.config)
+    path = Path(file.path)
     target = Path(os.path.realpath(path))
-    haproxy = _haproxy(args, engine)
-    with config_lock(target, args.lock_timeout):
+    haproxy = _haproxy(options, file.validate, engine)
+    with config_lock(target, file.lock_timeout):
         _remove_stale_temps(target)
         old = read_config(path)
         if not os.access(target, os.W_OK):
@@ -1295,41 +1359,42 @@ def _write(args: argparse.Namespace, action: str, name: str, edit: Callable[[Lis
         report = Report(name, action, edit(listener))
         new = listener.text()
         report.changed = new != old
-        report.diff = unified_diff(str(path), old, new) if args.diff else None
+        report.diff = unified_diff(str(path), old, new) if file.diff else None
         if report.changed:
-            _replace_and_apply(args, name, target, old, new, haproxy, engine, report,
+            _replace_and_apply(file, options, name, target, (old, new), haproxy, engine, report,
                                live_changes(before, _server_lines(listener)))
         else:
             log.info("%s unchanged; nothing written, haproxy not restarted", path)
-        _finish(args, report, listener)
+        _finish(file, report, listener)
     return report
 
 
-def sync(args: argparse.Namespace, action: str, engines: list[Engine], remembered: set[str],
+def sync(mode: Mode, action: str, engines: list[Engine], remembered: set[str],
          excluded: frozenset[str] = frozenset()) -> Report:
     """--sync / --prune: one pass over the listener -l, or every listener that labels name."""
     if action == "prune":
-        fleets = {args.listen: gather(engines, {"status": ["running"]})}
-    elif args.listen:
-        default = {"label": [f"{LABEL_LISTEN}={args.listen}"]}
-        selection = dict(parse_filters(args.filter or []) or default, status=["running"])
-        fleets = {args.listen: gather(engines, selection, excluded=excluded)}
+        fleets = {mode.listener: gather(engines, {"status": ["running"]})}
+    elif mode.listener:
+        default = {"label": [f"{LABEL_LISTEN}={mode.listener}"]}
+        selection = dict(mode.filters or default, status=["running"])
+        fleets = {mode.listener: gather(engines, selection, excluded=excluded)}
     else:
         fleets = _labelled_fleets(gather(engines, {"label": [LABEL_LISTEN]}, True, excluded), remembered)
-    total = Report(args.listen, action)
+    total = Report(mode.listener, action)
     for name, fleet in fleets.items():
         edit = prune_listener if action == "prune" else sync_listener
         try:
-            part = _write(args, action, name, lambda listener, f=fleet: edit(listener, f), engines[0])
+            part = _write(mode.file, mode.haproxy, action, name, lambda listener, f=fleet: edit(listener, f),
+                          engines[0])
         except ConfigError as exc:
-            if args.listen:
+            if mode.listener:
                 raise
             log.warning("warning: %s; listener %s skipped, the others are synced", exc, name)
             continue
         for result in part.results:
             result.listener = name
         total.absorb(part)
-        total.servers = part.servers if args.listen else None
+        total.servers = part.servers if mode.listener else None
     return total
 
 
@@ -1345,39 +1410,40 @@ def _server_lines(listener: Listener) -> dict[str, str]:
     return {server_name(value): value for _, value in listener.servers()}
 
 
-def _haproxy(args: argparse.Namespace, engine: Engine) -> HostHaproxy | ContainerHaproxy | None:
+def _haproxy(options: HaproxyOptions, validate: bool, engine: Engine) -> HostHaproxy | ContainerHaproxy | None:
     """Which haproxy validates and restarts: the one in --haproxy-container, else the host's
     (None when --no-validate and no restart needs it)."""
-    if args.haproxy_container:
-        return ContainerHaproxy(engine, args.haproxy_container)
-    if args.no_validate and args.hot_restart is None:
+    if options.container:
+        return ContainerHaproxy(engine, options.container)
+    if not validate and options.pidfile is None:
         return None
-    return HostHaproxy(haproxy_binary(args.haproxy_bin))
+    return HostHaproxy(haproxy_binary(options.binary))
 
 
-def _replace_and_apply(args: argparse.Namespace, name: str, target: Path, old: str, new: str,
-                       haproxy: HostHaproxy | ContainerHaproxy | None, engine: Engine, report: Report,
-                       changes: tuple[list[str], list[str]]) -> None:
+def _replace_and_apply(file: FileOptions, options: HaproxyOptions, name: str, target: Path,
+                       contents: tuple[str, str], haproxy: HostHaproxy | ContainerHaproxy | None, engine: Engine,
+                       report: Report, changes: tuple[list[str], list[str]]) -> None:
     """Replace the file, then apply it live or restart; an unvalidated change is rolled back
     if the restart fails."""
-    checker = None if args.no_validate else haproxy
-    if checker is None and not args.dry_run:
-        log.warning("warning: --no-validate: %s is replaced without haproxy -c", args.config)
+    old, new = contents
+    checker = haproxy if file.validate else None
+    if checker is None and not file.dry_run:
+        log.warning("warning: --no-validate: %s is replaced without haproxy -c", file.path)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:  # asking Docker overlaps with haproxy -c
-        asked = pool.submit(in_place_reason, target, args.write_in_place, None if args.dry_run else engine)
-        _replace(target, args.config, old, new, checker, args.dry_run, asked.result)
-    if args.dry_run:
+        asked = pool.submit(in_place_reason, target, file.write_in_place, None if file.dry_run else engine)
+        _replace(target, file.path, old, new, checker, file.dry_run, asked.result)
+    if file.dry_run:
         return
     in_place = asked.result()
     settings = global_settings(old)
     try:
-        if not _applied_live(args, name, settings, changes, report):
-            report.restarted = _restart(args, haproxy, settings)
+        if not _applied_live(options, file.path, name, settings, changes, report):
+            report.restarted = _restart(options, file.path, haproxy, settings)
     except HaproxyError as exc:
         if checker is not None:
             raise
-        _replace(target, args.config, new, old, None, False, lambda: in_place)
-        raise HaproxyError(f"{exc}; the change was not validated, so the previous {args.config} "
+        _replace(target, file.path, new, old, None, False, lambda: in_place)
+        raise HaproxyError(f"{exc}; the change was not validated, so the previous {file.path} "
                            f"is restored", exc.details) from exc
 
 
@@ -1419,22 +1485,22 @@ def _validate(checker: HostHaproxy | ContainerHaproxy, candidate: Path, target: 
     raise HaproxyError(f"haproxy rejects the changed {shown}; the file is left untouched", alerts)
 
 
-def _applied_live(args: argparse.Namespace, name: str, settings: GlobalSettings,
+def _applied_live(options: HaproxyOptions, shown: str, name: str, settings: GlobalSettings,
                   changes: tuple[list[str], list[str]], report: Report) -> bool:
     """Apply the change through the Runtime API when there is an admin stats socket."""
-    address = _runtime_address(args, settings)
+    address = _runtime_address(options, settings)
     if address is None:
         return False
     try:
-        apply_live(Runtime(address), name, *changes, args.drain_timeout)
+        apply_live(Runtime(address), name, *changes, options.drain_timeout)
     except RuntimeUnavailable as exc:
         log.info("%s; only the file is changed", exc)
         report.runtime = "unavailable"
         return False
     except HaproxyError as exc:
         report.runtime = "refused"
-        if args.hot_restart is None and not args.restart:
-            raise HaproxyError(f"{exc}; {args.config} is updated: reload haproxy to apply it, or give -h") from exc
+        if not options.reloads:
+            raise HaproxyError(f"{exc}; {shown} is updated: reload haproxy to apply it, or give -h") from exc
         log.warning("warning: %s; restarting haproxy instead", exc)
         return False
     log.info("applied live through %s", address)
@@ -1442,28 +1508,28 @@ def _applied_live(args: argparse.Namespace, name: str, settings: GlobalSettings,
     return True
 
 
-def _runtime_address(args: argparse.Namespace, settings: GlobalSettings) -> str | None:
-    return None if args.no_runtime else args.runtime_socket or settings.admin_socket()
+def _runtime_address(options: HaproxyOptions, settings: GlobalSettings) -> str | None:
+    return options.runtime_socket or settings.admin_socket() if options.runtime else None
 
 
-def _restart(args: argparse.Namespace, haproxy: HostHaproxy | ContainerHaproxy | None,
+def _restart(options: HaproxyOptions, config: str, haproxy: HostHaproxy | ContainerHaproxy | None,
              settings: GlobalSettings) -> bool:
-    if (args.hot_restart is None and not args.restart) or haproxy is None:
+    if not options.reloads or haproxy is None:
         return False
-    _save_server_state(args, settings)
-    if args.hot_restart is not None:
-        haproxy.hot_restart(args.config, args.hot_restart, settings)
+    _save_server_state(options, settings)
+    if options.pidfile is not None:
+        haproxy.hot_restart(config, options.pidfile, settings)
         log.info("haproxy hot-restarted")
     else:
         haproxy.restart()
     return True
 
 
-def _save_server_state(args: argparse.Namespace, settings: GlobalSettings) -> None:
+def _save_server_state(options: HaproxyOptions, settings: GlobalSettings) -> None:
     """Dump `show servers state` where the reloaded haproxy will read it, so servers known
     to be down stay down (load-server-state-from-file)."""
-    path = args.state_file or (None if args.haproxy_container else settings.state_file)
-    address = args.runtime_socket or settings.admin_socket() or next((s.address for s in settings.sockets), None)
+    path = options.state_file or (None if options.container else settings.state_file)
+    address = options.runtime_socket or settings.admin_socket() or next((s.address for s in settings.sockets), None)
     if not path or not address:
         return
     try:
@@ -1479,8 +1545,8 @@ def _save_server_state(args: argparse.Namespace, settings: GlobalSettings) -> No
     log.info("saved the servers' state to %s", path)
 
 
-def _finish(args: argparse.Namespace, report: Report, listener: Listener) -> None:
-    if args.show or report.action == "show":
+def _finish(file: FileOptions, report: Report, listener: Listener) -> None:
+    if file.show or report.action == "show":
         report.servers = [value for _, value in listener.servers()]
 
 
@@ -1489,23 +1555,23 @@ def _finish(args: argparse.Namespace, report: Report, listener: Listener) -> Non
 ###############################################################################
 
 
-def watch(args: argparse.Namespace, engines: list[Engine]) -> Report:
+def watch(mode: Mode, engines: list[Engine]) -> Report:
     """--watch: sync, then sync again on every burst of container events, until SIGTERM/SIGINT."""
-    total, remembered, excluded = Report(args.listen, "watch"), set(), set()
+    total, remembered, excluded = Report(mode.listener, "watch"), set(), set()
     events: queue.Queue[Any] = queue.Queue()
     stop = threading.Event()
     handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         for engine in engines:  # each connection posts "connected", which starts with a full sync
             threading.Thread(target=_follow, args=(engine, events, stop), daemon=True).start()
-        while (burst := _next_burst(events, stop, args.coalesce)) is not None:
+        while (burst := _next_burst(events, stop, mode.coalesce)) is not None:
             _note_deaths(burst, excluded)
-            _watch_pass(args, engines, total, remembered, excluded)
+            _watch_pass(mode, engines, total, remembered, excluded)
     finally:
         stop.set()
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
-    log.warning("stopped watching; %s is complete", args.config)
+    log.warning("stopped watching; %s is complete", mode.file.path)
     return total
 
 
@@ -1525,11 +1591,11 @@ def _note_deaths(burst: list[Any], excluded: set[str]) -> None:
             excluded.discard(cid)
 
 
-def _watch_pass(args: argparse.Namespace, engines: list[Engine], total: Report, remembered: set[str],
+def _watch_pass(mode: Mode, engines: list[Engine], total: Report, remembered: set[str],
                 excluded: set[str]) -> None:
     """One sync; an error is logged and the watch goes on (the next event or reconnect retries)."""
     try:
-        report = sync(args, "sync", engines, remembered, frozenset(excluded))
+        report = sync(mode, "sync", engines, remembered, frozenset(excluded))
     except HdcError as exc:
         log.warning("ERROR: %s", exc)
         return
