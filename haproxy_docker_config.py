@@ -106,8 +106,12 @@ CONTAINER_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 WILDCARD_IPS = ("", "0.0.0.0", "::")
 LABEL_LISTEN = "haproxy-docker-config.listen"
 LABEL_PORT = "haproxy-docker-config.port"
-#: Container events that can change which containers a listener should hold.
-WATCH_EVENTS = ("start", "die", "stop", "kill", "pause", "unpause", "destroy", "health_status")
+LABEL_NETWORK = "haproxy-docker-config.network"
+#: Docker's own networks; every other network is user-defined (`docker network create`, Compose).
+DEFAULT_NETWORKS = ("bridge", "host", "none")
+#: Container events, and network events, that can change which containers a listener should hold.
+WATCH_EVENTS = ("start", "die", "stop", "kill", "pause", "unpause", "destroy", "health_status",
+                "connect", "disconnect")
 #: Signals of `kill` events that end a container (docker stop sends 15): drain it at once.
 STOP_SIGNALS = ("2", "3", "9", "15")
 #: What each template variable may look like in a server line the tool wrote.
@@ -140,6 +144,10 @@ class DockerError(HdcError):
     status = EXIT_DOCKER
 
 
+class PortError(DockerError):
+    """No single port to reach a container on: --sync can point to the port label instead."""
+
+
 class HaproxyError(HdcError):
     status = EXIT_HAPROXY
 
@@ -158,6 +166,11 @@ class ContainerRef:
 
     def __str__(self) -> str:
         return self.ref if self.port is None else f"{self.ref}:{self.port}"
+
+
+def quoted(text: str) -> str:
+    """User input in a message: as typed when it is one plain word, else quoted (one error, one line)."""
+    return text if re.fullmatch(r"[\w.:/@+=~-]+", text) else repr(text)
 
 
 def parse_port(text: str, context: str) -> int:
@@ -246,17 +259,182 @@ def choose_endpoint(ref: ContainerRef, ports: dict[str, Any] | None, host_ip: st
     if ref.port is not None:
         if ref.port not in published:
             hint = f"it publishes {listed}" if published else "it publishes no tcp port"
-            raise DockerError(f"container {ref.ref} does not publish tcp port {ref.port}; {hint}")
+            raise PortError(f"container {ref.ref} does not publish tcp port {ref.port}; {hint}")
         bindings = published[ref.port]
     elif not published:
-        raise DockerError(f"container {ref.ref} publishes no tcp port; run it with -p HOSTPORT:PORT")
+        raise PortError(f"container {ref.ref} publishes no tcp port; run it with -p HOSTPORT:PORT")
     elif len(published) > 1:
-        raise DockerError(f"container {ref.ref} publishes several tcp ports ({listed}); give {ref.ref}:PORT")
+        raise PortError(f"container {ref.ref} publishes several tcp ports ({listed}); give {ref.ref}:PORT")
     else:
         bindings = next(iter(published.values()))
     binding = sorted(bindings, key=lambda b: ":" in b.get("HostIp", ""))[0]
     ip = binding.get("HostIp", "")
     return (host_ip if ip in WILDCARD_IPS else ip), int(binding["HostPort"])
+
+
+def container_aliases(attrs: dict[str, Any]) -> set[str]:
+    """The names a server of this container may carry: full id, short id, name."""
+    names = {attrs["Id"], attrs["Id"][:12], attrs.get("Name", "").lstrip("/")}
+    names.update(n.lstrip("/") for n in attrs.get("Names") or ())
+    return names - {""}
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkAddress:
+    """A container's place on one Docker network."""
+
+    id: str
+    ipv4: str = ""
+    ipv6: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    """A running container as the actions need it, whichever API call it came from (inspect or list)."""
+
+    id: str
+    name: str
+    shown: str  # how messages name it: the id the user gave, else the container's name
+    aliases: frozenset[str]
+    labels: dict[str, str]
+    state: str  # running, paused, exited, ...
+    health: str | None  # healthy, unhealthy, starting; None without a healthcheck
+    networks: dict[str, NetworkAddress]
+    exposed: tuple[int, ...]  # tcp ports, published or not
+    published: dict[str, Any]  # in the shape of an inspect's NetworkSettings.Ports
+    host_ip: str  # where the engine publishes ports
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    """Where haproxy reaches a backend; `network` is None on the published-port path."""
+
+    ip: str
+    port: int
+    network: str | None = None
+
+
+def _network_addresses(networks: dict[str, Any] | None) -> dict[str, NetworkAddress]:
+    return {name: NetworkAddress(n.get("NetworkID", ""), n.get("IPAddress") or "", n.get("GlobalIPv6Address") or "")
+            for name, n in (networks or {}).items()}
+
+
+def _tcp_ports(keys: Any) -> tuple[int, ...]:
+    """Port numbers of `8080/tcp`-style keys."""
+    return tuple(sorted({int(k.partition("/")[0]) for k in keys or () if k.endswith("/tcp")}))
+
+
+def backend_from_inspect(attrs: dict[str, Any], host_ip: str, shown: str) -> Backend:
+    """A Backend from `docker inspect` of a container."""
+    state = attrs.get("State") or {}
+    settings = attrs.get("NetworkSettings") or {}
+    config = attrs.get("Config") or {}
+    status = "paused" if state.get("Paused") else state.get("Status") or ("running" if state.get("Running") else "exited")
+    return Backend(attrs["Id"], attrs.get("Name", "").lstrip("/"), shown, frozenset(container_aliases(attrs)),
+                   config.get("Labels") or {}, status, (state.get("Health") or {}).get("Status"),
+                   _network_addresses(settings.get("Networks")), _tcp_ports(config.get("ExposedPorts")),
+                   settings.get("Ports") or {}, host_ip)
+
+
+def backend_from_list(entry: dict[str, Any], host_ip: str) -> Backend:
+    """A Backend from one item of Docker's container list (`docker ps`)."""
+    name = (entry.get("Names") or ["/" + entry["Id"][:12]])[0].lstrip("/")
+    health = re.search(r"\((healthy|unhealthy|health: starting)\)", entry.get("Status", ""))
+    ports = entry.get("Ports") or ()
+    return Backend(entry["Id"], name, name, frozenset(container_aliases(entry)), entry.get("Labels") or {},
+                   entry.get("State", "running"), health.group(1).replace("health: ", "") if health else None,
+                   _network_addresses((entry.get("NetworkSettings") or {}).get("Networks")),
+                   _tcp_ports(f"{p['PrivatePort']}/{p.get('Type', 'tcp')}" for p in ports), list_ports(ports), host_ip)
+
+
+def is_backed(name: str, backends: list[Backend]) -> bool:
+    """Whether a server name belongs to one of these containers."""
+    return any(name in b.aliases or (len(name) >= 12 and b.id.startswith(name)) for b in backends)
+
+
+def chosen_port(backend: Backend, given: int | None) -> int | None:
+    """The private port asked for: ID:PORT, else the label haproxy-docker-config.port, else None."""
+    label = backend.labels.get(LABEL_PORT)
+    if given is not None or label is None:
+        return given
+    if not label.isdigit() or not 1 <= int(label) <= 65535:
+        raise DockerError(f"container {backend.shown} has label {LABEL_PORT}={label!r}, which is not a port "
+                          f"in 1..65535; fix the label or give {backend.shown}:PORT")
+    return int(label)
+
+
+@dataclasses.dataclass(frozen=True)
+class Published:
+    """Reach a container through a port it publishes on its engine's host (the 2013 way)."""
+
+    def endpoint(self, backend: Backend, port: int | None) -> Endpoint:
+        return Endpoint(*choose_endpoint(ContainerRef(backend.shown, port), backend.published, backend.host_ip))
+
+    def reaches(self, backend: Backend) -> bool:
+        return True
+
+
+@dataclasses.dataclass(frozen=True)
+class OnNetwork:
+    """Reach a container at its address on a Docker network, on the port the application listens on."""
+
+    network: str
+
+    def endpoint(self, backend: Backend, port: int | None) -> Endpoint:
+        address = self._address(backend)
+        if address is None:
+            on = ", ".join(sorted(backend.networks)) or "no network"
+            raise DockerError(f"container {backend.shown} is not attached to network {quoted(self.network)} "
+                              f"(it is on {on}); connect it or give another --network")
+        return Endpoint(address.ipv4 or address.ipv6, port or _exposed_port(backend), self.network)
+
+    def reaches(self, backend: Backend) -> bool:
+        return self._address(backend) is not None
+
+    def _address(self, backend: Backend) -> NetworkAddress | None:
+        """Its address on the network named, or whose id (or id prefix) is given; None if not attached."""
+        for name, address in backend.networks.items():
+            if self.network in (name, address.id) or (len(self.network) >= 12 and address.id.startswith(self.network)):
+                return address if address.ipv4 or address.ipv6 else None
+        return None
+
+
+def _exposed_port(backend: Backend) -> int:
+    """The one tcp port a container exposes (image EXPOSE, --expose, or published)."""
+    if len(backend.exposed) == 1:
+        return backend.exposed[0]
+    if backend.exposed:
+        listed = ", ".join(map(str, backend.exposed))
+        raise PortError(f"container {backend.shown} exposes several tcp ports ({listed}); give {backend.shown}:PORT")
+    raise PortError(f"container {backend.shown} exposes no tcp port; give {backend.shown}:PORT "
+                      f"or the label {LABEL_PORT}=PORT")
+
+
+@dataclasses.dataclass(frozen=True)
+class Addressing:
+    """Chooses, per container, how haproxy reaches it: the seam every action resolves addresses through."""
+
+    network: str | None = None  # --network
+    shared_with: frozenset[str] | None = None  # user-defined networks of --haproxy-container's container
+    haproxy: str | None = None
+
+    def reach_for(self, backend: Backend) -> Published | OnNetwork:
+        """The container's label wins, then --network, then the one network it shares with haproxy's container."""
+        chosen = backend.labels.get(LABEL_NETWORK) or self.network
+        if chosen:
+            return OnNetwork(chosen)
+        shared = sorted(set(backend.networks) & (self.shared_with or frozenset()))
+        if len(shared) > 1:
+            raise DockerError(f"container {backend.shown} shares several networks with haproxy's container "
+                              f"{self.haproxy} ({', '.join(shared)}); give --network NAME")
+        if shared:
+            log.info("%s: reached on network %s, which it shares with haproxy's container %s",
+                     backend.shown, shared[0], self.haproxy)
+            return OnNetwork(shared[0])
+        return Published()
+
+    def endpoint(self, backend: Backend, port: int | None) -> Endpoint:
+        return self.reach_for(backend).endpoint(backend, chosen_port(backend, port))
 
 
 def default_host_ip(docker_url: str | None) -> str:
@@ -420,6 +598,7 @@ class Mode:
     filters: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     docker_urls: tuple[str | None, ...] = (None,)
     host_ip: str | None = None
+    network: str | None = None
     coalesce: float = DEFAULT_COALESCE
 
 
@@ -547,11 +726,11 @@ def listener_span(text: str, name: str, source: str) -> tuple[int, int, int]:
     named = [(kind, start, end) for kind, n, start, end in sections(text) if n == name]
     usable = [(start, end) for kind, start, end in named if kind in ("listen", "backend")]
     if len(usable) > 1:
-        raise ConfigError(f"{source}: listener {name} is defined {len(usable)} times; keep one")
+        raise ConfigError(f"{source}: listener {quoted(name)} is defined {len(usable)} times; keep one")
     if not usable and named:
-        raise ConfigError(f"{source}: {name} is a {named[0][0]} section; -l needs a listen or backend section")
+        raise ConfigError(f"{source}: {quoted(name)} is a {named[0][0]} section; -l needs a listen or backend section")
     if not usable:
-        raise ConfigError(f"{source}: no listen or backend section named {name}; check -l and -f")
+        raise ConfigError(f"{source}: no listen or backend section named {quoted(name)}; check -l and -f")
     (start, end), = usable
     return start, end, text.count("\n", 0, start) + 1
 
@@ -642,12 +821,20 @@ class Engine:
         except docker.errors.DockerException as exc:
             raise self._failure("reach the Docker engine at", exc) from exc
 
-    def running(self) -> list[dict[str, Any]]:
+    def running(self) -> list[Backend]:
         """Every running container, in one API call."""
         return self.containers({"status": ["running"]})
 
-    def containers(self, filters: dict[str, list[str]], everything: bool = False) -> list[dict[str, Any]]:
+    def containers(self, filters: dict[str, list[str]], everything: bool = False) -> list[Backend]:
         """The containers Docker's own filters select, in one API call."""
+        return [backend_from_list(entry, self.host_ip) for entry in self._listed(filters, everything)]
+
+    def mounting(self, path: str) -> str | None:
+        """The name of a running container that mounts this host path, if any (one API call)."""
+        return next((c["Names"][0].lstrip("/") for c in self._listed({"status": ["running"]})
+                     if any(m.get("Source") == path for m in c.get("Mounts") or ())), None)
+
+    def _listed(self, filters: dict[str, list[str]], everything: bool = False) -> list[dict[str, Any]]:
         import docker
 
         try:
@@ -655,34 +842,43 @@ class Engine:
         except docker.errors.DockerException as exc:
             raise self._failure("list containers at", exc) from exc
 
+    def network_name(self, ref: str) -> str:
+        """The name of the network --network names (by name, id or id prefix)."""
+        import docker
 
-def container_values(ref: ContainerRef, attrs: dict[str, Any] | None, host_ip: str) -> dict[str, Any]:
-    """The template variables of a running container, or a Docker error saying why not."""
+        try:
+            return self.api.inspect_network(ref)["Name"]
+        except docker.errors.NotFound:
+            raise DockerError(f"no Docker network {quoted(ref)}; check the name with docker network ls") from None
+        except docker.errors.DockerException as exc:
+            raise self._failure("reach the Docker engine at", exc) from exc
+
+    def shared_networks(self, container: str) -> frozenset[str] | None:
+        """The user-defined networks of haproxy's container; None in host mode (it uses published ports)."""
+        attrs = self.inspect(container)
+        if attrs is None:
+            raise DockerError(f"no container {quoted(container)} for --haproxy-container; check the name "
+                              f"with docker ps")
+        if (attrs.get("HostConfig") or {}).get("NetworkMode") == "host":
+            return None
+        networks = (attrs.get("NetworkSettings") or {}).get("Networks") or {}
+        return frozenset(networks) - set(DEFAULT_NETWORKS)
+
+
+def running_backend(ref: ContainerRef, attrs: dict[str, Any] | None, host_ip: str) -> Backend:
+    """The container of `ref` as a Backend, or a Docker error saying why it cannot be balanced."""
     if attrs is None:
         raise DockerError(f"no such container {ref.ref}; check the id with docker ps")
     state = attrs.get("State") or {}
     if not state.get("Running") or state.get("Paused"):
         how = "paused" if state.get("Paused") else state.get("Status", "stopped")
         raise DockerError(f"container {ref.ref} is not running ({how}); start it first")
-    ip, port = choose_endpoint(ref, (attrs.get("NetworkSettings") or {}).get("Ports"), host_ip)
-    return {"id": attrs["Id"][:12], "name": attrs.get("Name", "").lstrip("/"), "ip": ip, "port": port}
+    return backend_from_inspect(attrs, host_ip, ref.ref)
 
 
-def container_aliases(attrs: dict[str, Any]) -> set[str]:
-    """The names a server of this container may carry: full id, short id, name."""
-    names = {attrs["Id"], attrs["Id"][:12], attrs.get("Name", "").lstrip("/")}
-    names.update(n.lstrip("/") for n in attrs.get("Names") or ())
-    return names - {""}
-
-
-def is_backed(name: str, running: list[dict[str, Any]]) -> bool:
-    """Whether a server name belongs to one of the running containers."""
-    for container in running:
-        if name in container_aliases(container):
-            return True
-        if len(name) >= 12 and container["Id"].startswith(name):
-            return True
-    return False
+def template_values(backend: Backend, endpoint: Endpoint) -> dict[str, Any]:
+    """The variables a #DOCKERSERVER template may use."""
+    return {"id": backend.id[:12], "name": backend.name, "ip": endpoint.ip, "port": endpoint.port}
 
 
 ###############################################################################
@@ -788,9 +984,9 @@ def in_place_reason(target: Path, forced: bool, engine: Engine | None) -> str | 
     if links > 1:
         return f"it has {links} hard links"
     with contextlib.suppress(DockerError):
-        for container in engine.running() if engine else ():
-            if any(m.get("Source") == str(target) for m in container.get("Mounts") or ()):
-                return f"container {container['Names'][0].lstrip('/')} bind-mounts it"
+        mounter = engine.mounting(str(target)) if engine else None
+        if mounter:
+            return f"container {mounter} bind-mounts it"
     return None
 
 
@@ -1110,6 +1306,7 @@ class Result:
     ip: str | None = None
     port: int | None = None
     listener: str | None = None
+    network: str | None = None
 
 
 @dataclasses.dataclass
@@ -1139,20 +1336,22 @@ class Report:
         return EXIT_NOT_BALANCED if bad and self.action in ("check", "verify") else EXIT_OK
 
 
-def add_containers(listener: Listener, refs: list[ContainerRef], engine: Engine) -> list[Result]:
+def add_containers(listener: Listener, refs: list[ContainerRef], engine: Engine,
+                   addressing: Addressing) -> list[Result]:
     """Render one server line per container and put it in the section; all or nothing."""
     _, template, indent = listener.template()
-    lines = {}
+    lines: dict[str, tuple[ContainerRef, Endpoint, str]] = {}
     for ref in refs:
-        values = container_values(ref, engine.inspect(ref.ref), engine.host_ip)
-        line = render_template(template, values)
+        backend = running_backend(ref, engine.inspect(ref.ref), engine.host_ip)
+        endpoint = addressing.endpoint(backend, ref.port)
+        line = render_template(template, template_values(backend, endpoint))
         if server_name(line) in lines:
             raise UsageError(f"{ref.ref} and {lines[server_name(line)][0].ref} are the same container; give it once")
-        lines[server_name(line)] = (ref, values, line)
-    for ref, values, line in lines.values():
+        lines[server_name(line)] = (ref, endpoint, line)
+    for _, _, line in lines.values():
         listener.put_server(line, indent)
-    return [Result(str(ref), "balanced", server_name(line), v["ip"], v["port"])
-            for ref, v, line in lines.values()]
+    return [Result(str(ref), "balanced", server_name(line), e.ip, e.port, network=e.network)
+            for ref, e, line in lines.values()]
 
 
 def _matching(listener: Listener, ref: ContainerRef, engine: Engine) -> set[str]:
@@ -1187,8 +1386,9 @@ def check_containers(listener: Listener, refs: list[ContainerRef], engine: Engin
     return results
 
 
-def verify_servers(listener: Listener, engine: Engine) -> list[Result]:
-    running = engine.running()
+def verify_servers(listener: Listener, engine: Engine, addressing: Addressing) -> list[Result]:
+    """A server is found when it names a running container that haproxy can reach the way it is addressed."""
+    running = [b for b in engine.running() if addressing.reach_for(b).reaches(b)]
     return [_server_result(value, "found" if is_backed(server_name(value), running) else "not_found")
             for _, value in listener.servers()]
 
@@ -1197,8 +1397,8 @@ def verify_servers(listener: Listener, engine: Engine) -> list[Result]:
 class Fleet:
     """What the engines say: the selected running containers, and who owns what when one is down."""
 
-    selected: list[tuple[dict[str, Any], str]]  # (container as listed, address of its engine's host)
-    known: list[dict[str, Any]] | None = None  # every container of the engines that answered, if one did not
+    selected: list[Backend]
+    known: list[Backend] | None = None  # every container of the engines that answered, if one did not
 
     def may_remove(self, name: str) -> bool:
         """A server is only removed when its container is known to an engine that answered."""
@@ -1214,7 +1414,7 @@ def gather(engines: list[Engine], filters: dict[str, list[str]], everything: boo
     selected, down = [], []
     for engine in engines:
         try:
-            selected += [(c, engine.host_ip) for c in engine.containers(filters, everything) if c["Id"] not in excluded]
+            selected += [b for b in engine.containers(filters, everything) if b.id not in excluded]
         except DockerError as exc:
             log.warning("warning: %s; its servers are left as they are", exc)
             down.append(engine)
@@ -1223,50 +1423,49 @@ def gather(engines: list[Engine], filters: dict[str, list[str]], everything: boo
                           f"start dockerd or check --docker-url")
     if not down:
         return Fleet(selected)
-    return Fleet(selected, [c for e in engines if e not in down for c in e.containers({}, everything=True)])
+    return Fleet(selected, [b for e in engines if e not in down for b in e.containers({}, everything=True)])
 
 
-def desired_servers(template: str, fleet: Fleet) -> dict[str, tuple[str, dict[str, Any]]]:
-    """Server name -> (line, values) for every selected healthy container; others are skipped."""
+def desired_servers(template: str, fleet: Fleet, addressing: Addressing) -> dict[str, tuple[str, Endpoint]]:
+    """Server name -> (line, endpoint) for every selected healthy container; others are skipped."""
     wanted = {}
-    for container, host_ip in fleet.selected:
-        name = (container.get("Names") or ["/" + container["Id"][:12]])[0].lstrip("/")
-        if container.get("State", "running") != "running":
+    for backend in fleet.selected:
+        if backend.state != "running":
             continue
-        if "(unhealthy)" in container.get("Status", ""):
-            log.info("%s is unhealthy; it stays out of balancing", name)
+        if backend.health == "unhealthy":
+            log.info("%s is unhealthy; it stays out of balancing", backend.name)
             continue
-        port = (container.get("Labels") or {}).get(LABEL_PORT, "")
-        ref = ContainerRef(name, int(port) if port.isdigit() else None)
         try:
-            ip, host_port = choose_endpoint(ref, list_ports(container.get("Ports")), host_ip)
-        except DockerError as exc:
+            endpoint = addressing.endpoint(backend, None)
+        except PortError as exc:
             log.warning("warning: %s (or label it %s=PORT); skipped", exc, LABEL_PORT)
             continue
-        values = {"id": container["Id"][:12], "name": name, "ip": ip, "port": host_port}
-        line = render_template(template, values)
-        wanted[server_name(line)] = (line, values)
+        except DockerError as exc:
+            log.warning("warning: %s; skipped", exc)
+            continue
+        line = render_template(template, template_values(backend, endpoint))
+        wanted[server_name(line)] = (line, endpoint)
     return wanted
 
 
-def sync_listener(listener: Listener, fleet: Fleet) -> list[Result]:
+def sync_listener(listener: Listener, fleet: Fleet, addressing: Addressing) -> list[Result]:
     """Add or update every selected container; remove managed servers no longer selected."""
     _, template, indent = listener.template()
     current = _server_lines(listener)
-    wanted = desired_servers(template, fleet)
+    wanted = desired_servers(template, fleet, addressing)
     results = []
-    for name, (line, values) in wanted.items():
+    for name, (line, end) in wanted.items():
         if current.get(name) != line:
             listener.put_server(line, indent)
-            results.append(Result(name, "updated" if name in current else "added", name, values["ip"], values["port"]))
+            results.append(Result(name, "updated" if name in current else "added", name, end.ip, end.port,
+                                  network=end.network))
     return results + _remove_managed(listener, template, lambda name: name not in wanted and fleet.may_remove(name))
 
 
 def prune_listener(listener: Listener, fleet: Fleet) -> list[Result]:
     """Remove the managed servers whose containers no longer run."""
-    running = [container for container, _ in fleet.selected]
     return _remove_managed(listener, listener.template()[1],
-                           lambda name: not is_backed(name, running) and fleet.may_remove(name))
+                           lambda name: not is_backed(name, fleet.selected) and fleet.may_remove(name))
 
 
 def _remove_managed(listener: Listener, template: str, unwanted: Callable[[str], bool]) -> list[Result]:
@@ -1317,7 +1516,7 @@ def _mode(args: argparse.Namespace) -> Mode:
     haproxy = HaproxyOptions(args.haproxy_bin, args.haproxy_container, args.hot_restart, args.restart,
                              not args.no_runtime, args.runtime_socket, args.drain_timeout, args.state_file)
     return Mode(action, args.listen, file, haproxy, _refs(args, action), parse_filters(args.filter or []),
-                tuple(args.docker_url or [None]), args.host_ip, args.coalesce)
+                tuple(args.docker_url or [None]), args.host_ip, args.network, args.coalesce)
 
 
 def run(args: argparse.Namespace) -> Report:
@@ -1328,19 +1527,31 @@ def run(args: argparse.Namespace) -> Report:
         return watch(mode, engines)
     if mode.action in ("sync", "prune"):
         return sync(mode, mode.action, engines, set())
-    if mode.action in ("add", "delete"):
-        edit = add_containers if mode.action == "add" else delete_containers
-        return _write(mode.file, mode.haproxy, mode.action, mode.listener,
-                      lambda listener: edit(listener, list(mode.refs), engines[0]), engines[0])
+    if mode.action == "add":
+        return _write(mode.file, mode.haproxy, "add", mode.listener,
+                      lambda listener: add_containers(listener, list(mode.refs), engines[0],
+                                                      addressing(mode, engines[0])), engines[0])
+    if mode.action == "delete":
+        return _write(mode.file, mode.haproxy, "delete", mode.listener,
+                      lambda listener: delete_containers(listener, list(mode.refs), engines[0]), engines[0])
     path = Path(mode.file.path)
     listener = Listener(read_config(path), mode.listener, str(path))
     report = Report(mode.listener, mode.action)
     if mode.action == "check":
         report.results = check_containers(listener, list(mode.refs), engines[0])
     elif mode.action == "verify":
-        report.results = verify_servers(listener, engines[0])
+        report.results = verify_servers(listener, engines[0], addressing(mode, engines[0]))
     _finish(mode.file, report, listener)
     return report
+
+
+def addressing(mode: Mode, engine: Engine) -> Addressing:
+    """How this run reaches containers: --network, else the networks haproxy's container is on."""
+    if mode.network:
+        return Addressing(network=engine.network_name(mode.network))
+    if mode.haproxy.container:
+        return Addressing(shared_with=engine.shared_networks(mode.haproxy.container), haproxy=mode.haproxy.container)
+    return Addressing()
 
 
 def _write(file: FileOptions, options: HaproxyOptions, action: str, name: str,
@@ -1381,11 +1592,12 @@ def sync(mode: Mode, action: str, engines: list[Engine], remembered: set[str],
     else:
         fleets = _labelled_fleets(gather(engines, {"label": [LABEL_LISTEN]}, True, excluded), remembered)
     total = Report(mode.listener, action)
+    reach = addressing(mode, engines[0]) if action == "sync" else Addressing()
     for name, fleet in fleets.items():
-        edit = prune_listener if action == "prune" else sync_listener
+        def edit(listener: Listener, fleet: Fleet = fleet) -> list[Result]:
+            return prune_listener(listener, fleet) if action == "prune" else sync_listener(listener, fleet, reach)
         try:
-            part = _write(mode.file, mode.haproxy, action, name, lambda listener, f=fleet: edit(listener, f),
-                          engines[0])
+            part = _write(mode.file, mode.haproxy, action, name, edit, engines[0])
         except ConfigError as exc:
             if mode.listener:
                 raise
@@ -1400,10 +1612,10 @@ def sync(mode: Mode, action: str, engines: list[Engine], remembered: set[str],
 
 def _labelled_fleets(fleet: Fleet, remembered: set[str]) -> dict[str, Fleet]:
     """One fleet per listener that a container's label names (any state, so emptied ones are synced too)."""
-    remembered.update((c.get("Labels") or {}).get(LABEL_LISTEN, "") for c, _ in fleet.selected)
+    remembered.update(b.labels.get(LABEL_LISTEN, "") for b in fleet.selected)
     remembered.discard("")
-    return {name: Fleet([(c, ip) for c, ip in fleet.selected if (c.get("Labels") or {}).get(LABEL_LISTEN) == name],
-                        fleet.known) for name in sorted(remembered)}
+    return {name: Fleet([b for b in fleet.selected if b.labels.get(LABEL_LISTEN) == name], fleet.known)
+            for name in sorted(remembered)}
 
 
 def _server_lines(listener: Listener) -> dict[str, str]:
@@ -1611,12 +1823,15 @@ def _follow(engine: Engine, events: queue.Queue[Any], stop: threading.Event) -> 
     while not stop.is_set():
         reason = "the stream ended"
         try:
-            stream = engine.api.events(decode=True, filters={"type": ["container"], "event": list(WATCH_EVENTS)})
+            stream = engine.api.events(decode=True, filters={"type": ["container", "network"],
+                                                             "event": list(WATCH_EVENTS)})
             events.put("connected")  # resync: events missed while away are not lost
             backoff = 0.5
             for event in stream:
                 events.put(event)
-                log.info("event %s %s", event.get("status"), event.get("id", "")[:12])
+                actor = event.get("Actor") or {}
+                log.info("event %s %s %s", event.get("Type"), event.get("Action"),
+                         (actor.get("Attributes") or {}).get("container", actor.get("ID", ""))[:12])
         except Exception as exc:  # any failure of the stream means: reconnect
             reason = _root_cause(exc)
         if stop.is_set():
@@ -1758,6 +1973,11 @@ def build_parser() -> _Parser:
     p.add_argument("--host-ip", metavar="IP",
                    help="Address for ports published on all interfaces "
                         "(default: the host of a tcp:// or ssh:// docker URL, else 127.0.0.1)")
+    p.add_argument("--network", metavar="NAME",
+                   help=f"Reach containers at their address on this Docker network (name or id) and on their "
+                        f"private port (ID:PORT, the label {LABEL_PORT}, or the one exposed port) instead of "
+                        f"a published port; a container's label {LABEL_NETWORK} wins. Without it, "
+                        f"--haproxy-container picks the one user-defined network haproxy shares with a container")
     p.add_argument("--haproxy-bin", metavar="PATH", help="haproxy binary (default: haproxy on PATH)")
     p.add_argument("--haproxy-container", metavar="NAME",
                    help="haproxy runs in this container: validate with docker exec, -h reloads its master "
@@ -1790,6 +2010,11 @@ def build_parser() -> _Parser:
     return p
 
 
+def _one_line(message: str) -> str:
+    """An error is one line: control characters that slipped into a message are shown escaped."""
+    return re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], message)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; every error becomes one line on stderr and its exit status."""
     verbose = False
@@ -1802,14 +2027,15 @@ def main(argv: list[str] | None = None) -> int:
     except HdcError as exc:
         if verbose:
             log.exception("traceback:")
-        sys.stderr.write(f"ERROR: {exc}\n" + "".join(f"  {ln}\n" for ln in exc.details.splitlines()))
+        sys.stderr.write(f"ERROR: {_one_line(str(exc))}\n" + "".join(f"  {ln}\n" for ln in exc.details.splitlines()))
         return exc.status
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # a bug or a surprise of the system: still one line, unless -v
         if verbose:
             log.exception("traceback:")
-        sys.stderr.write(f"ERROR: unexpected {type(exc).__name__}: {exc}; rerun with -v for the traceback\n")
+        sys.stderr.write(f"ERROR: unexpected {type(exc).__name__}: {_one_line(str(exc))}; "
+                         f"rerun with -v for the traceback\n")
         return EXIT_CONFIG
     sys.stdout.write(render(report, args.format or "plain", args.verbose))
     return report.status

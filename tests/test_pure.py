@@ -123,8 +123,13 @@ def _attrs(running: bool = True, paused: bool = False) -> dict:
             "NetworkSettings": {"Ports": ONE}}
 
 
+def _values(attrs: dict | None, addressing: hdc.Addressing = hdc.Addressing(), ref: Ref = Ref("web1")) -> dict:
+    backend = hdc.running_backend(ref, attrs, "127.0.0.1")
+    return hdc.template_values(backend, addressing.endpoint(backend, ref.port))
+
+
 def test_container_values_feed_the_template() -> None:
-    assert hdc.container_values(Ref("web1"), _attrs(), "127.0.0.1") == VALUES
+    assert _values(_attrs()) == VALUES
 
 
 @pytest.mark.parametrize("attrs, message", [
@@ -134,7 +139,7 @@ def test_container_values_feed_the_template() -> None:
 ])
 def test_unusable_containers_are_docker_errors(attrs: dict | None, message: str) -> None:
     with pytest.raises(hdc.DockerError) as err:
-        hdc.container_values(Ref("web1"), attrs, "127.0.0.1")
+        _values(attrs)
     assert str(err.value) == message
 
 
@@ -143,7 +148,7 @@ def test_unusable_containers_are_docker_errors(attrs: dict | None, message: str)
     ("web1", True), ("caee75", False), ("web", False), ("f2cc6e975169", False),
 ])
 def test_server_names_backed_by_running_containers(name: str, backed: bool) -> None:
-    running = [{"Id": "caee75cbf7b5" + "0" * 52, "Names": ["/web1"]}]
+    running = [hdc.backend_from_list({"Id": "caee75cbf7b5" + "0" * 52, "Names": ["/web1"]}, "127.0.0.1")]
     assert hdc.is_backed(name, running) is backed
 
 
@@ -180,7 +185,8 @@ def test_json_and_yaml_carry_the_same_typed_document() -> None:
     from_json = json.loads(hdc.render(report, "json", False))
     assert from_json == yaml.safe_load(hdc.render(report, "yaml", False))
     assert from_json["results"] == [{"id": "web1", "status": "balanced", "server": "caee75cbf7b5",
-                                     "ip": "127.0.0.1", "port": 49161, "listener": None}]
+                                     "ip": "127.0.0.1", "port": 49161, "listener": None,
+                                     "network": None}]
     assert from_json["servers"][0] == {"name": "caee75cbf7b5", "ip": "127.0.0.1", "port": 49161,
                                        "options": "check inter 2000",
                                        "line": "caee75cbf7b5 127.0.0.1:49161 check inter 2000"}
@@ -192,3 +198,95 @@ def test_diff_is_labelled_before_and_after() -> None:
     diff = hdc.unified_diff("/etc/haproxy/haproxy.cfg", "a\nb\n", "a\nb\nc\n")
     assert diff.splitlines()[:2] == ["--- /etc/haproxy/haproxy.cfg (before)", "+++ /etc/haproxy/haproxy.cfg (after)"]
     assert "+c\n" in diff
+
+
+# --- Reaching containers on a Docker network ------------------------------------------------------
+
+NET_ID = "b091149da5b8607e552a8dd9fb67c2fd633d29f42e0b0859904918530cc5c14b"
+
+
+def _on_net(networks: dict | None = None, exposed: tuple = ("8080/tcp",), labels: dict | None = None) -> dict:
+    """An inspect of a running container on user-defined networks, publishing nothing."""
+    networks = {"appnet": {"NetworkID": NET_ID, "IPAddress": "10.231.7.2", "GlobalIPv6Address": ""}} \
+        if networks is None else networks
+    return {"Id": "caee75cbf7b5" + "0" * 52, "Name": "/web1", "State": {"Running": True, "Status": "running"},
+            "Config": {"ExposedPorts": {p: {} for p in exposed}, "Labels": labels or {}},
+            "NetworkSettings": {"Ports": {p: None for p in exposed}, "Networks": networks}}
+
+
+def _endpoint(attrs: dict, addressing: hdc.Addressing, ref: Ref = Ref("web1")) -> tuple:
+    e = addressing.endpoint(hdc.running_backend(ref, attrs, "127.0.0.1"), ref.port)
+    return e.ip, e.port, e.network
+
+
+BY_NAME = hdc.Addressing(network="appnet")
+
+
+@pytest.mark.parametrize("attrs, addressing, ref, expected", [
+    (_on_net(), BY_NAME, Ref("web1"), ("10.231.7.2", 8080, "appnet")),
+    (_on_net(), hdc.Addressing(network=NET_ID[:12]), Ref("web1"), ("10.231.7.2", 8080, NET_ID[:12])),
+    (_on_net({"v6net": {"NetworkID": "f" * 64, "IPAddress": "", "GlobalIPv6Address": "fd00::5"}}),
+     hdc.Addressing(network="v6net"), Ref("web1"), ("fd00::5", 8080, "v6net")),
+    (_on_net(exposed=("8080/tcp", "9090/tcp")), BY_NAME, Ref("web1", 9090), ("10.231.7.2", 9090, "appnet")),
+    (_on_net(exposed=(), labels={"haproxy-docker-config.port": "7000"}), BY_NAME, Ref("web1"),
+     ("10.231.7.2", 7000, "appnet")),
+    (_on_net(labels={"haproxy-docker-config.port": "7000"}), BY_NAME, Ref("web1", 8081),
+     ("10.231.7.2", 8081, "appnet")),  # ID:PORT before the label
+    (_on_net(labels={"haproxy-docker-config.network": "appnet"}), hdc.Addressing(network="other"), Ref("web1"),
+     ("10.231.7.2", 8080, "appnet")),  # the container's label wins
+    (_on_net(), hdc.Addressing(shared_with=frozenset({"appnet", "dbnet"}), haproxy="lb"), Ref("web1"),
+     ("10.231.7.2", 8080, "appnet")),
+])
+def test_network_addressing_gives_the_container_address_and_private_port(attrs, addressing, ref, expected) -> None:
+    assert _endpoint(attrs, addressing, ref) == expected
+
+
+def test_no_shared_network_keeps_the_published_port_path() -> None:
+    attrs = {**_attrs(), "Config": {}}
+    attrs["NetworkSettings"] = {"Ports": ONE, "Networks": {"bridge": {"NetworkID": "a" * 64, "IPAddress": "172.17.0.5"}}}
+    addressing = hdc.Addressing(shared_with=frozenset({"appnet"}), haproxy="lb")
+    assert _endpoint(attrs, addressing) == ("127.0.0.1", 49161, None)
+
+
+TWO_NETS = {"appnet": {"NetworkID": NET_ID, "IPAddress": "10.231.7.2"}, "dbnet": {"NetworkID": "d" * 64, "IPAddress": "10.9.0.2"}}
+
+
+@pytest.mark.parametrize("attrs, addressing, message", [
+    (_on_net(exposed=("8080/tcp", "9090/tcp")), BY_NAME,
+     "container web1 exposes several tcp ports (8080, 9090); give web1:PORT"),
+    (_on_net(exposed=()), BY_NAME,
+     "container web1 exposes no tcp port; give web1:PORT or the label haproxy-docker-config.port=PORT"),
+    (_on_net(TWO_NETS), hdc.Addressing(network="frontnet"),
+     "container web1 is not attached to network frontnet (it is on appnet, dbnet); connect it or give another --network"),
+    (_on_net(TWO_NETS), hdc.Addressing(shared_with=frozenset({"appnet", "dbnet"}), haproxy="lb"),
+     "container web1 shares several networks with haproxy's container lb (appnet, dbnet); give --network NAME"),
+    (_on_net(labels={"haproxy-docker-config.port": "80\nserver x"}), BY_NAME,
+     "container web1 has label haproxy-docker-config.port='80\\nserver x', which is not a port in 1..65535; "
+     "fix the label or give web1:PORT"),
+    (_on_net(), hdc.Addressing(network="web\nserver x"),
+     "container web1 is not attached to network 'web\\nserver x' (it is on appnet); connect it or give another --network"),
+])
+def test_network_addressing_errors_say_what_to_do(attrs, addressing, message) -> None:
+    with pytest.raises(hdc.DockerError) as err:
+        _endpoint(attrs, addressing)
+    assert str(err.value) == message and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("status, health", [
+    ("Up 3 minutes", None), ("Up 3 minutes (healthy)", "healthy"), ("Up 1 second (health: starting)", "starting"),
+    ("Up 3 minutes (unhealthy)", "unhealthy"),
+])
+def test_the_container_list_gives_the_same_backend_as_inspect(status: str, health: str | None) -> None:
+    entry = {"Id": "caee75cbf7b5" + "0" * 52, "Names": ["/web1"], "State": "running", "Status": status,
+             "Labels": {}, "Ports": [{"PrivatePort": 8080, "Type": "tcp"}, {"PrivatePort": 53, "Type": "udp"}],
+             "NetworkSettings": {"Networks": {"appnet": {"NetworkID": NET_ID, "IPAddress": "10.231.7.2"}}}}
+    listed = hdc.backend_from_list(entry, "127.0.0.1")
+    inspected = hdc.running_backend(Ref("web1"), _on_net(), "127.0.0.1")
+    assert listed.health == health and listed.exposed == inspected.exposed == (8080,)
+    assert BY_NAME.endpoint(listed, None) == BY_NAME.endpoint(inspected, None)
+
+
+@pytest.mark.parametrize("text, shown", [("web", "web"), ("/etc/haproxy.cfg", "/etc/haproxy.cfg"),
+                                         ("web\nserver x", "'web\\nserver x'"), ("a b", "'a b'"), ("", "''")])
+def test_user_input_in_messages_is_quoted_unless_plain(text: str, shown: str) -> None:
+    assert hdc.quoted(text) == shown
