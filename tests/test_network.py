@@ -166,8 +166,27 @@ def test_the_published_port_path_stays_without_a_shared_network(site, make_conta
     result = site.cli("-a", published.short_id, "--no-runtime", "--json")
     assert result.returncode == 0, result.stderr
     entry = json.loads(result.stdout)["results"][0]
-    port = int(published.attrs["NetworkSettings"]["Ports"]["8080/tcp"][0]["HostPort"])
-    assert (entry["ip"], entry["port"], entry["network"]) == ("127.0.0.1", port, None)
+    assert (entry["ip"], entry["port"], entry["network"]) == ("127.0.0.1", _host_port(published), None)
+
+
+def test_haproxy_in_host_network_mode_keeps_the_published_port_path(site, docker_client, make_container) -> None:
+    host_mode = docker_client.containers.create(HAPROXY_IMAGE, network_mode="host", labels={LABEL: RUN})
+    site.made.append(host_mode)  # created, never started: only its network mode is read
+    on_net = site.app()
+    published = make_container(host_ip="")
+    result = run_cli("-f", str(site.cfg), "-l", WEB, "-a", published.short_id, "--haproxy-container", host_mode.name,
+                     "--host-ip", "127.0.0.9", "--no-validate", "--no-runtime", "--json")
+    assert result.returncode == 0, result.stderr
+    entry = json.loads(result.stdout)["results"][0]
+    assert (entry["ip"], entry["port"], entry["network"]) == ("127.0.0.9", _host_port(published), None)
+    refused = run_cli("-f", str(site.cfg), "-l", WEB, "-a", on_net.short_id, "--haproxy-container", host_mode.name,
+                      "--no-validate", "--no-runtime")
+    assert (refused.returncode, refused.stderr) == (4, f"ERROR: container {on_net.short_id} publishes no tcp port; "
+                                                       f"run it with -p HOSTPORT:PORT\n")
+
+
+def _host_port(container) -> int:
+    return int(container.attrs["NetworkSettings"]["Ports"]["8080/tcp"][0]["HostPort"])
 
 
 def test_bad_network_input_gets_one_line_its_status_and_an_untouched_file(site, other_network) -> None:
