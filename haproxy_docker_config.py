@@ -407,7 +407,7 @@ def _exposed_port(backend: Backend) -> int:
         listed = ", ".join(map(str, backend.exposed))
         raise PortError(f"container {backend.shown} exposes several tcp ports ({listed}); give {backend.shown}:PORT")
     raise PortError(f"container {backend.shown} exposes no tcp port; give {backend.shown}:PORT "
-                      f"or the label {LABEL_PORT}=PORT")
+                    f"or the label {LABEL_PORT}=PORT")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1388,9 +1388,17 @@ def check_containers(listener: Listener, refs: list[ContainerRef], engine: Engin
 
 def verify_servers(listener: Listener, engine: Engine, addressing: Addressing) -> list[Result]:
     """A server is found when it names a running container that haproxy can reach the way it is addressed."""
-    running = [b for b in engine.running() if addressing.reach_for(b).reaches(b)]
-    return [_server_result(value, "found" if is_backed(server_name(value), running) else "not_found")
+    running = engine.running()
+    return [_server_result(value, "found" if _reachable(server_name(value), running, addressing) else "not_found")
             for _, value in listener.servers()]
+
+
+def _reachable(name: str, running: list[Backend], addressing: Addressing) -> bool:
+    for backend in (b for b in running if is_backed(name, [b])):
+        with contextlib.suppress(DockerError):
+            if addressing.reach_for(backend).reaches(backend):
+                return True
+    return False
 
 
 @dataclasses.dataclass
@@ -1530,7 +1538,7 @@ def run(args: argparse.Namespace) -> Report:
     if mode.action == "add":
         return _write(mode.file, mode.haproxy, "add", mode.listener,
                       lambda listener: add_containers(listener, list(mode.refs), engines[0],
-                                                      addressing(mode, engines[0])), engines[0])
+                                                      _addressing(mode, engines[0])), engines[0])
     if mode.action == "delete":
         return _write(mode.file, mode.haproxy, "delete", mode.listener,
                       lambda listener: delete_containers(listener, list(mode.refs), engines[0]), engines[0])
@@ -1540,12 +1548,12 @@ def run(args: argparse.Namespace) -> Report:
     if mode.action == "check":
         report.results = check_containers(listener, list(mode.refs), engines[0])
     elif mode.action == "verify":
-        report.results = verify_servers(listener, engines[0], addressing(mode, engines[0]))
+        report.results = verify_servers(listener, engines[0], _addressing(mode, engines[0]))
     _finish(mode.file, report, listener)
     return report
 
 
-def addressing(mode: Mode, engine: Engine) -> Addressing:
+def _addressing(mode: Mode, engine: Engine) -> Addressing:
     """How this run reaches containers: --network, else the networks haproxy's container is on."""
     if mode.network:
         return Addressing(network=engine.network_name(mode.network))
@@ -1592,7 +1600,7 @@ def sync(mode: Mode, action: str, engines: list[Engine], remembered: set[str],
     else:
         fleets = _labelled_fleets(gather(engines, {"label": [LABEL_LISTEN]}, True, excluded), remembered)
     total = Report(mode.listener, action)
-    reach = addressing(mode, engines[0]) if action == "sync" else Addressing()
+    reach = _addressing(mode, engines[0]) if action == "sync" else Addressing()
     for name, fleet in fleets.items():
         def edit(listener: Listener, fleet: Fleet = fleet) -> list[Result]:
             return prune_listener(listener, fleet) if action == "prune" else sync_listener(listener, fleet, reach)
