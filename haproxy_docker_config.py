@@ -1099,6 +1099,8 @@ def _upsert_live(runtime: Runtime, backend: str, line: str, live: dict[str, tupl
     if name in live:
         if live[name] != (ip, port):
             runtime.ask(f"set server {target} addr {ip} port {port}", "IP changed", "no need to change")
+            if "check" in words[1:]:  # the health seen at the old address says nothing of the new one
+                runtime.ask(f"set server {target} health up", "")
         return
     runtime.ask(f"add server {target} {' '.join(words)}", "New server registered")
     if "check" in words[1:]:

@@ -6,7 +6,7 @@ import json
 import subprocess
 import time
 
-from conftest import haproxy_pids, host_port, http_get, run_cli, write_config
+from conftest import ask_haproxy, haproxy_pids, host_port, http_get, run_cli, write_config
 
 SEAMLESS = "expose-fd listeners"
 
@@ -46,11 +46,15 @@ def test_verbose_shows_each_runtime_command_and_answer(tmp_path, make_container,
 
 
 def test_readding_a_recreated_container_updates_the_live_address(tmp_path, make_container, haproxy) -> None:
-    cfg = write_config(tmp_path, template="$name ${ip}:$port check")
+    cfg = write_config(tmp_path, template="$name ${ip}:$port check inter 500")
     haproxy(cfg)
     first = make_container(name="hdc-recreated")
     assert cli(cfg, "-a", "hdc-recreated").returncode == 0
     first.remove(force=True)
+    deadline = time.monotonic() + 10  # haproxy's checks find the old address dead: the server is DOWN
+    while "DOWN" not in ask_haproxy(cfg.sock, "show stat dockerha-app1 4 -1"):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
     second = make_container(name="hdc-recreated")
     assert host_port(second) != host_port(first)
     result = cli(cfg, "-a", "hdc-recreated", "-v")
