@@ -8,7 +8,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 APT_PACKAGES=(haproxy libaugeas0 libaugeas-dev pkg-config docker.io busybox-static iproute2
-              python3-venv python3-dev gcc curl)
+              python3-venv python3-dev gcc curl mmdebstrap)
 
 log() { echo "setup: $*"; }
 
@@ -78,4 +78,5 @@ fi
 # --- test image ---------------------------------------------------------------
 "$ROOT/scripts/build-test-image.sh"
 "$ROOT/scripts/build-haproxy-image.sh"
+"$ROOT/scripts/build-image.sh"    # the tool's own image, for tests/test_image.py
 log "ok"
