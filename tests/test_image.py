@@ -1,0 +1,169 @@
+"""The tool as an image beside haproxy: built without a registry (scripts/build-image.sh), run non-root
+with --watch, the Docker socket and the config directory shared with a haproxy container."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import threading
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import docker
+import pytest
+from conftest import IMAGE, LABEL, REPO, RUN, ask_haproxy, free_port
+from docker.models.containers import Container
+from docker.models.images import Image
+
+import load  # bench/load.py (conftest puts bench/ on the path)
+
+TOOL_IMAGE = "haproxy-docker-config:latest"
+HAPROXY_IMAGE = "hdc-haproxy:latest"
+SOCKET = "/var/run/docker.sock"
+#: The same paths in both containers, so that every path the config names means the same in each.
+CONF, RUN_DIR = "/usr/local/etc/haproxy", "/run/haproxy"
+LISTEN = "haproxy-docker-config.listen"
+APP_GRACE = 5
+
+
+@pytest.fixture(scope="session")
+def tool_image(docker_client: docker.DockerClient) -> Image:
+    """The image of this checkout (the script returns at once when it is cached)."""
+    subprocess.run([str(REPO / "scripts" / "build-image.sh")], check=True)
+    return docker_client.images.get(TOOL_IMAGE)
+
+
+def bridge_gateway(client: docker.DockerClient) -> str:
+    """The host's address on Docker's default bridge: where haproxy in a container reaches published ports."""
+    ipam = client.networks.get("bridge").attrs["IPAM"]["Config"][0]
+    return ipam.get("Gateway") or str(next(ipaddress.ip_network(ipam["Subnet"]).hosts()))
+
+
+@dataclasses.dataclass
+class Deployment:
+    """haproxy in a container, its config directory and stats socket directory on the host."""
+
+    listener: str
+    conf: Path
+    port: int
+    haproxy: Container
+    uid: int
+    start: Callable[..., Container]  # run a container that is removed at teardown
+
+    def tool(self, *args: str, **options) -> Container:
+        """The tool's container as the README runs it: non-root, the socket's group, the shared dirs."""
+        volumes = {SOCKET: {"bind": SOCKET, "mode": "rw"},
+                   str(self.conf): {"bind": CONF, "mode": "rw"},
+                   str(self.conf.with_name("run")): {"bind": RUN_DIR, "mode": "rw"}}
+        options.setdefault("group_add", [str(os.stat(SOCKET).st_gid)])
+        return self.start(TOOL_IMAGE, list(args), volumes=volumes, **options)
+
+    def app(self, gateway: str) -> Container:
+        """An app that asks for the listener by label, its port published on the bridge's gateway only.
+
+        On SIGTERM it serves on for APP_GRACE seconds, as services that shut down gracefully do: the
+        tool in a container validates each change through docker exec, which took up to 1.5 s here
+        on a busy machine, so the 1 s of the other tests' apps can be too short to drain them."""
+        return self.start(IMAGE, ports={"8080/tcp": (gateway, None)}, labels={LISTEN: self.listener},
+                          environment={"HDC_GRACE": str(APP_GRACE)})
+
+    def servers(self, state: str | None = None) -> set[str]:
+        """Servers of the listener: in the file, or ready in the running haproxy (state="live")."""
+        if state == "live":
+            answer = ask_haproxy(self.conf.with_name("run") / "admin.sock", f"show servers state {self.listener}")
+            rows = [line.split() for line in answer.splitlines()[2:]]
+            return {row[3] for row in rows if len(row) > 6 and row[6] == "0"}  # srv_admin_state 0: ready
+        text = (self.conf / "haproxy.cfg").read_text()
+        return {ln.split()[1] for ln in text.splitlines() if ln.strip().startswith("server ")}
+
+
+def config_text(listener: str, uid: int) -> str:
+    """The stats socket belongs to the tool's user: haproxy runs as root, the tool does not."""
+    return (f"global\n    maxconn 256\n    stats socket {RUN_DIR}/admin.sock mode 600 level admin uid {uid}\n\n"
+            "defaults\n    mode http\n    timeout connect 2s\n    timeout client 10s\n    timeout server 10s\n\n"
+            f"listen {listener}\n    bind :8080\n    balance roundrobin\n"
+            "    #DOCKERSERVER   $id ${ip}:$port check inter 2000 rise 2 fall 5\n")
+
+
+@pytest.fixture
+def deployment(tmp_path, docker_client, tool_image) -> Iterator[Deployment]:
+    """haproxy (hdc-haproxy) with the config directory read-only and its stats socket on a shared dir."""
+    suffix = uuid.uuid4().hex[:8]
+    uid = int(tool_image.attrs["Config"]["User"].split(":")[0])
+    conf, run = tmp_path / "conf", tmp_path / "run"
+    conf.mkdir()
+    run.mkdir()
+    (conf / "haproxy.cfg").write_text(config_text(f"web-{suffix}", uid))
+    for path in (conf, conf / "haproxy.cfg"):  # the tool writes beside the config: lock, temp file, .bak
+        os.chown(path, uid, uid)
+    made: list[Container] = []
+
+    def start(image: str, command: list[str] | None = None, **options) -> Container:
+        options["labels"] = {**options.get("labels", {}), LABEL: RUN}
+        made.append(docker_client.containers.run(image, command, detach=True, **options))
+        return made[-1]
+
+    try:
+        port = free_port()
+        haproxy = start(HAPROXY_IMAGE, name=f"hdc-haproxy-{suffix}", ports={"8080/tcp": ("127.0.0.1", port)},
+                        volumes={str(conf): {"bind": CONF, "mode": "ro"}, str(run): {"bind": RUN_DIR, "mode": "rw"}})
+        wait_until(lambda: (run / "admin.sock").exists(), 10, lambda: haproxy.logs().decode())
+        yield Deployment(f"web-{suffix}", conf, port, haproxy, uid, start)
+    finally:
+        for container in made:
+            container.remove(force=True)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, explain: Callable[[], str] = lambda: "") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out; {explain()}"
+        time.sleep(0.05)
+
+
+def test_the_tool_in_a_container_keeps_haproxy_in_a_container_in_step(deployment, docker_client) -> None:
+    d, gateway = deployment, bridge_gateway(docker_client)
+    first = d.app(gateway)
+    tool = d.tool("--watch", "-l", d.listener, "-f", f"{CONF}/haproxy.cfg", "--haproxy-container", d.haproxy.name,
+                  "-h", name=f"hdc-tool-{d.listener}")
+    logs = lambda: tool.logs().decode()  # noqa: E731
+    wait_until(lambda: d.servers("live") == {first.short_id}, 20, logs)
+    assert {row[0] for row in tool.top()["Processes"]} == {str(d.uid)}  # non-root, through --group-add
+    outcome = load.Outcome()
+    with load.Load(d.port, 3, outcome):
+        wait_until(lambda: first.short_id in outcome.first_served, 5)
+        second, third = d.app(gateway), d.app(gateway)
+        wait_until(lambda: {second.short_id, third.short_id} <= set(outcome.first_served), 10, logs)
+        for gone in (first, second):  # docker stop: drained while it shuts down
+            threading.Thread(target=gone.stop, kwargs={"timeout": APP_GRACE + 5}).start()
+            wait_until(lambda: gone.short_id not in d.servers("live"), 10, logs)
+        time.sleep(1.5)
+    assert outcome.failures == [] and len(outcome.latencies) > 100
+    assert d.servers() == d.servers("live") == {third.short_id}
+    assert f"added {d.listener}/{third.short_id} {gateway}:" in logs()
+    assert f"removed {d.listener}/{first.short_id}" in logs()
+
+    tool.stop(timeout=30)  # SIGTERM to PID 1; SIGKILL after 30 s would give 137
+    tool.reload()
+    assert tool.attrs["State"]["ExitCode"] == 0, logs()
+    assert logs().splitlines()[-1] == f"stopped watching; {CONF}/haproxy.cfg is complete"
+    checked = d.haproxy.exec_run(["haproxy", "-c", "-f", f"{CONF}/haproxy.cfg"])
+    assert checked.exit_code == 0, checked.output.decode()
+    assert d.servers() == {third.short_id}
+
+
+def test_without_the_sockets_group_the_tool_says_why(deployment) -> None:
+    d = deployment
+    before = (d.conf / "haproxy.cfg").read_bytes()
+    tool = d.tool("--sync", "-l", d.listener, "-f", f"{CONF}/haproxy.cfg", "--haproxy-container", d.haproxy.name,
+                  group_add=[])
+    assert tool.wait(timeout=60)["StatusCode"] == 4
+    lines = tool.logs().decode().splitlines()
+    assert lines == [f"warning: cannot reach the Docker engine at unix://{SOCKET} (Permission denied); start dockerd "
+                     "or give --docker-url; its servers are left as they are",
+                     f"ERROR: no Docker engine answered (unix://{SOCKET}); start dockerd or check --docker-url"]
+    assert (d.conf / "haproxy.cfg").read_bytes() == before
