@@ -28,6 +28,8 @@ SOCKET = "/var/run/docker.sock"
 CONF, RUN_DIR = "/usr/local/etc/haproxy", "/run/haproxy"
 LISTEN = "haproxy-docker-config.listen"
 APP_GRACE = 5
+#: The official haproxy image runs haproxy as user haproxy, uid and gid 99; the tool joins its group.
+HAPROXY_USER = 99
 
 
 @pytest.fixture(scope="session")
@@ -55,12 +57,13 @@ class Deployment:
     start: Callable[..., Container]  # run a container that is removed at teardown
 
     def tool(self, *args: str, **options) -> Container:
-        """The tool's container as the README runs it: non-root, the socket's group, the shared dirs."""
+        """The tool's container as the README runs it: non-root with the socket's group, no network (it
+        talks to Docker and haproxy through their sockets only), the shared directories."""
         volumes = {SOCKET: {"bind": SOCKET, "mode": "rw"},
                    str(self.conf): {"bind": CONF, "mode": "rw"},
                    str(self.conf.with_name("run")): {"bind": RUN_DIR, "mode": "rw"}}
-        options.setdefault("group_add", [str(os.stat(SOCKET).st_gid)])
-        return self.start(TOOL_IMAGE, list(args), volumes=volumes, **options)
+        options.setdefault("group_add", [str(os.stat(SOCKET).st_gid), str(HAPROXY_USER)])
+        return self.start(TOOL_IMAGE, list(args), volumes=volumes, network_mode="none", **options)
 
     def app(self, gateway: str) -> Container:
         """An app that asks for the listener by label, its port published on the bridge's gateway only.
@@ -81,9 +84,9 @@ class Deployment:
         return {ln.split()[1] for ln in text.splitlines() if ln.strip().startswith("server ")}
 
 
-def config_text(listener: str, uid: int) -> str:
-    """The stats socket belongs to the tool's user: haproxy runs as root, the tool does not."""
-    return (f"global\n    maxconn 256\n    stats socket {RUN_DIR}/admin.sock mode 600 level admin uid {uid}\n\n"
+def config_text(listener: str) -> str:
+    """haproxy's group may use the stats socket: the tool is in that group too."""
+    return (f"global\n    maxconn 256\n    stats socket {RUN_DIR}/admin.sock mode 660 level admin\n\n"
             "defaults\n    mode http\n    timeout connect 2s\n    timeout client 10s\n    timeout server 10s\n\n"
             f"listen {listener}\n    bind :8080\n    balance roundrobin\n"
             "    #DOCKERSERVER   $id ${ip}:$port check inter 2000 rise 2 fall 5\n")
@@ -91,15 +94,17 @@ def config_text(listener: str, uid: int) -> str:
 
 @pytest.fixture
 def deployment(tmp_path, docker_client, tool_image) -> Iterator[Deployment]:
-    """haproxy (hdc-haproxy) with the config directory read-only and its stats socket on a shared dir."""
+    """haproxy (hdc-haproxy, run as the official image runs it: uid 99) with the config directory
+    read-only and its stats socket on a shared directory."""
     suffix = uuid.uuid4().hex[:8]
     uid = int(tool_image.attrs["Config"]["User"].split(":")[0])
     conf, run = tmp_path / "conf", tmp_path / "run"
     conf.mkdir()
     run.mkdir()
-    (conf / "haproxy.cfg").write_text(config_text(f"web-{suffix}", uid))
+    (conf / "haproxy.cfg").write_text(config_text(f"web-{suffix}"))
     for path in (conf, conf / "haproxy.cfg"):  # the tool writes beside the config: lock, temp file, .bak
-        os.chown(path, uid, uid)
+        os.chown(path, uid, -1)
+    os.chown(run, HAPROXY_USER, HAPROXY_USER)
     made: list[Container] = []
 
     def start(image: str, command: list[str] | None = None, **options) -> Container:
@@ -109,7 +114,8 @@ def deployment(tmp_path, docker_client, tool_image) -> Iterator[Deployment]:
 
     try:
         port = free_port()
-        haproxy = start(HAPROXY_IMAGE, name=f"hdc-haproxy-{suffix}", ports={"8080/tcp": ("127.0.0.1", port)},
+        haproxy = start(HAPROXY_IMAGE, name=f"hdc-haproxy-{suffix}", user=f"{HAPROXY_USER}:{HAPROXY_USER}",
+                        ports={"8080/tcp": ("127.0.0.1", port)},
                         volumes={str(conf): {"bind": CONF, "mode": "ro"}, str(run): {"bind": RUN_DIR, "mode": "rw"}})
         wait_until(lambda: (run / "admin.sock").exists(), 10, lambda: haproxy.logs().decode())
         yield Deployment(f"web-{suffix}", conf, port, haproxy, uid, start)
@@ -129,10 +135,11 @@ def test_the_tool_in_a_container_keeps_haproxy_in_a_container_in_step(deployment
     d, gateway = deployment, bridge_gateway(docker_client)
     first = d.app(gateway)
     tool = d.tool("--watch", "-l", d.listener, "-f", f"{CONF}/haproxy.cfg", "--haproxy-container", d.haproxy.name,
-                  "-h", name=f"hdc-tool-{d.listener}")
+                  "-h", name=f"hdc-tool-{d.listener}", restart_policy={"Name": "unless-stopped"})
     logs = lambda: tool.logs().decode()  # noqa: E731
     wait_until(lambda: d.servers("live") == {first.short_id}, 20, logs)
     assert {row[0] for row in tool.top()["Processes"]} == {str(d.uid)}  # non-root, through --group-add
+    assert {row[0] for row in d.haproxy.top()["Processes"]} == {str(HAPROXY_USER)}
     outcome = load.Outcome()
     with load.Load(d.port, 3, outcome):
         wait_until(lambda: first.short_id in outcome.first_served, 5)
@@ -146,6 +153,7 @@ def test_the_tool_in_a_container_keeps_haproxy_in_a_container_in_step(deployment
     assert d.servers() == d.servers("live") == {third.short_id}
     assert f"added {d.listener}/{third.short_id} {gateway}:" in logs()
     assert f"removed {d.listener}/{first.short_id}" in logs()
+    assert "Reloading HAProxy" not in d.haproxy.logs().decode()  # every change went through the Runtime API
 
     tool.stop(timeout=30)  # SIGTERM to PID 1; SIGKILL after 30 s would give 137
     tool.reload()
