@@ -1,19 +1,22 @@
 """The tool as an image beside haproxy: built without a registry (scripts/build-image.sh), run non-root
-with --watch, the Docker socket and the config directory shared with a haproxy container."""
+with --watch, the Docker socket and the config directory shared with a haproxy container that reaches
+the apps on a user-defined network."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import ipaddress
 import os
-import threading
+import random
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import docker
+import docker.errors
 import pytest
 from conftest import IMAGE, LABEL, REPO, RUN, ask_haproxy, free_port
 from docker.models.containers import Container
@@ -39,18 +42,27 @@ def tool_image(docker_client: docker.DockerClient) -> Image:
     return docker_client.images.get(TOOL_IMAGE)
 
 
-def bridge_gateway(client: docker.DockerClient) -> str:
-    """The host's address on Docker's default bridge: where haproxy in a container reaches published ports."""
-    ipam = client.networks.get("bridge").attrs["IPAM"]["Config"][0]
-    return ipam.get("Gateway") or str(next(ipaddress.ip_network(ipam["Subnet"]).hosts()))
+def create_network(client: docker.DockerClient):
+    """A user-defined bridge network with an explicit subnet that no other network uses."""
+    for _ in range(20):
+        subnet = f"10.{random.randint(251, 254)}.{random.randint(0, 255)}.0/24"
+        ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=subnet)])
+        try:
+            return client.networks.create(f"hdc-apps-{uuid.uuid4().hex[:8]}", ipam=ipam, labels={LABEL: RUN})
+        except docker.errors.APIError as exc:
+            if "overlap" not in str(exc):
+                raise
+    raise RuntimeError("no free subnet for the test network")
 
 
 @dataclasses.dataclass
 class Deployment:
-    """haproxy in a container, its config directory and stats socket directory on the host."""
+    """haproxy in a container on a network of its own, its config and stats socket directories on the host."""
 
     listener: str
+    network: str
     conf: Path
+    run: Path
     port: int
     haproxy: Container
     uid: int
@@ -61,23 +73,23 @@ class Deployment:
         talks to Docker and haproxy through their sockets only), the shared directories."""
         volumes = {SOCKET: {"bind": SOCKET, "mode": "rw"},
                    str(self.conf): {"bind": CONF, "mode": "rw"},
-                   str(self.conf.with_name("run")): {"bind": RUN_DIR, "mode": "rw"}}
+                   str(self.run): {"bind": RUN_DIR, "mode": "rw"}}
         options.setdefault("group_add", [str(os.stat(SOCKET).st_gid), str(HAPROXY_USER)])
         return self.start(TOOL_IMAGE, list(args), volumes=volumes, network_mode="none", **options)
 
-    def app(self, gateway: str) -> Container:
-        """An app that asks for the listener by label, its port published on the bridge's gateway only.
+    def app(self) -> Container:
+        """An app on haproxy's network that asks for the listener by label; it publishes nothing.
 
         On SIGTERM it serves on for APP_GRACE seconds, as services that shut down gracefully do: the
         tool in a container validates each change through docker exec, which took up to 1.5 s here
         on a busy machine, so the 1 s of the other tests' apps can be too short to drain them."""
-        return self.start(IMAGE, ports={"8080/tcp": (gateway, None)}, labels={LISTEN: self.listener},
-                          environment={"HDC_GRACE": str(APP_GRACE)})
+        return self.start(IMAGE, network=self.network, environment={"HDC_GRACE": str(APP_GRACE)},
+                          labels={LISTEN: self.listener, "haproxy-docker-config.port": "8080"})
 
     def servers(self, state: str | None = None) -> set[str]:
         """Servers of the listener: in the file, or ready in the running haproxy (state="live")."""
         if state == "live":
-            answer = ask_haproxy(self.conf.with_name("run") / "admin.sock", f"show servers state {self.listener}")
+            answer = ask_haproxy(self.run / "admin.sock", f"show servers state {self.listener}")
             rows = [line.split() for line in answer.splitlines()[2:]]
             return {row[3] for row in rows if len(row) > 6 and row[6] == "0"}  # srv_admin_state 0: ready
         text = (self.conf / "haproxy.cfg").read_text()
@@ -94,8 +106,8 @@ def config_text(listener: str) -> str:
 
 @pytest.fixture
 def deployment(tmp_path, docker_client, tool_image) -> Iterator[Deployment]:
-    """haproxy (hdc-haproxy, run as the official image runs it: uid 99) with the config directory
-    read-only and its stats socket on a shared directory."""
+    """haproxy (hdc-haproxy, run as the official image runs it: uid 99) on a network of its own, its
+    frontend published on 127.0.0.1, the config directory read-only and the stats socket on a shared one."""
     suffix = uuid.uuid4().hex[:8]
     uid = int(tool_image.attrs["Config"]["User"].split(":")[0])
     conf, run = tmp_path / "conf", tmp_path / "run"
@@ -106,6 +118,7 @@ def deployment(tmp_path, docker_client, tool_image) -> Iterator[Deployment]:
         os.chown(path, uid, -1)
     os.chown(run, HAPROXY_USER, HAPROXY_USER)
     made: list[Container] = []
+    network = create_network(docker_client)
 
     def start(image: str, command: list[str] | None = None, **options) -> Container:
         options["labels"] = {**options.get("labels", {}), LABEL: RUN}
@@ -115,13 +128,15 @@ def deployment(tmp_path, docker_client, tool_image) -> Iterator[Deployment]:
     try:
         port = free_port()
         haproxy = start(HAPROXY_IMAGE, name=f"hdc-haproxy-{suffix}", user=f"{HAPROXY_USER}:{HAPROXY_USER}",
-                        ports={"8080/tcp": ("127.0.0.1", port)},
+                        network=network.name, ports={"8080/tcp": ("127.0.0.1", port)},
                         volumes={str(conf): {"bind": CONF, "mode": "ro"}, str(run): {"bind": RUN_DIR, "mode": "rw"}})
         wait_until(lambda: (run / "admin.sock").exists(), 10, lambda: haproxy.logs().decode())
-        yield Deployment(f"web-{suffix}", conf, port, haproxy, uid, start)
+        yield Deployment(f"web-{suffix}", network.name, conf, run, port, haproxy, uid, start)
     finally:
         for container in made:
-            container.remove(force=True)
+            with contextlib.suppress(docker.errors.APIError):
+                container.remove(force=True)
+        network.remove()
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, explain: Callable[[], str] = lambda: "") -> None:
@@ -131,9 +146,9 @@ def wait_until(predicate: Callable[[], bool], timeout: float, explain: Callable[
         time.sleep(0.05)
 
 
-def test_the_tool_in_a_container_keeps_haproxy_in_a_container_in_step(deployment, docker_client) -> None:
-    d, gateway = deployment, bridge_gateway(docker_client)
-    first = d.app(gateway)
+def test_the_tool_in_a_container_keeps_haproxy_in_a_container_in_step(deployment) -> None:
+    d = deployment
+    first = d.app()
     tool = d.tool("--watch", "-l", d.listener, "-f", f"{CONF}/haproxy.cfg", "--haproxy-container", d.haproxy.name,
                   "-h", name=f"hdc-tool-{d.listener}", restart_policy={"Name": "unless-stopped"})
     logs = lambda: tool.logs().decode()  # noqa: E731
@@ -143,7 +158,7 @@ def test_the_tool_in_a_container_keeps_haproxy_in_a_container_in_step(deployment
     outcome = load.Outcome()
     with load.Load(d.port, 3, outcome):
         wait_until(lambda: first.short_id in outcome.first_served, 5)
-        second, third = d.app(gateway), d.app(gateway)
+        second, third = d.app(), d.app()
         wait_until(lambda: {second.short_id, third.short_id} <= set(outcome.first_served), 10, logs)
         for gone in (first, second):  # docker stop: drained while it shuts down
             threading.Thread(target=gone.stop, kwargs={"timeout": APP_GRACE + 5}).start()
@@ -151,7 +166,9 @@ def test_the_tool_in_a_container_keeps_haproxy_in_a_container_in_step(deployment
         time.sleep(1.5)
     assert outcome.failures == [] and len(outcome.latencies) > 100
     assert d.servers() == d.servers("live") == {third.short_id}
-    assert f"added {d.listener}/{third.short_id} {gateway}:" in logs()
+    third.reload()
+    address = third.attrs["NetworkSettings"]["Networks"][d.network]["IPAddress"]
+    assert f"added {d.listener}/{third.short_id} {address}:8080" in logs()  # on the network haproxy shares
     assert f"removed {d.listener}/{first.short_id}" in logs()
     assert "Reloading HAProxy" not in d.haproxy.logs().decode()  # every change went through the Runtime API
 
