@@ -85,6 +85,7 @@ fi
 
 # --- stage 2: the package, its entry point, the user -------------------------
 log "building $IMAGE:$version"
+previous="$(docker image inspect -f '{{.Id}}' "$IMAGE:$version" 2>/dev/null || true)"
 pip_wheel --no-deps -w "$tmp/app" "$ROOT"
 docker run --name "$builder" --user 0 --network none -v "$tmp/app:/wheels:ro" --entrypoint /bin/sh "$BASE" \
     -c 'python3 -m installer /wheels/*.whl && haproxy-docker-config --help >/dev/null' >/dev/null
@@ -96,4 +97,7 @@ docker commit \
     -c 'LABEL org.opencontainers.image.title=haproxy-docker-config' \
     "$builder" "$IMAGE:$version" >/dev/null
 docker tag "$IMAGE:$version" "$IMAGE:latest"
+if [ -n "$previous" ]; then  # the build it replaces, unless a container or another tag still uses it
+    docker rmi "$previous" >/dev/null 2>&1 || true
+fi
 log "built $IMAGE:$version and :latest ($(docker image inspect -f '{{.Size}}' "$IMAGE:$version" | awk '{printf "%.0f MB", $1/1e6}'))"
