@@ -7,7 +7,7 @@
 # wheels are built on this host with the project's .venv.
 #
 # Two stages, cached by labels like the other images: hdc-tool-base (Debian,
-# Python, libaugeas0, the dependencies; about 2 minutes) is rebuilt only when
+# Python, libaugeas0, the dependencies; 2 to 3 minutes) is rebuilt only when
 # pyproject.toml or RECIPE changes; the image on top of it (the package alone,
 # seconds) whenever the module changes too. Idempotent and quick when cached.
 set -euo pipefail
@@ -26,6 +26,10 @@ log() { echo "build-image: $*"; }
 
 if [ ! -x "$PYTHON" ]; then
     echo "build-image: $PYTHON missing; run scripts/setup.sh first" >&2
+    exit 1
+fi
+if [ "$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" != "3.11" ]; then
+    echo "build-image: the wheels are built with $PYTHON, which must be Python 3.11 like the image's Debian $SUITE" >&2
     exit 1
 fi
 version="$("$PYTHON" -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' pyproject.toml)"
@@ -55,7 +59,7 @@ pip_wheel() {  # quiet unless it fails
 
 # --- stage 1: Debian, Python, libaugeas0 and the dependencies' wheels --------
 if [ "$(label_of "$BASE" hdc-tool-base)" != "$base_key" ]; then
-    log "building $BASE from a Debian $SUITE root (mmdebstrap; about 2 minutes)"
+    log "building $BASE from a Debian $SUITE root (mmdebstrap; 2 to 3 minutes)"
     "$PYTHON" -c 'import sys, tomllib; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))' \
         pyproject.toml >"$tmp/requirements.txt"
     # python-augeas has no wheel on PyPI: it is built here against libaugeas-dev (setup.sh installs it)

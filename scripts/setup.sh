@@ -8,7 +8,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 APT_PACKAGES=(haproxy libaugeas0 libaugeas-dev pkg-config docker.io busybox-static iproute2
-              python3-venv python3-dev gcc curl mmdebstrap)
+              python3-venv python3-dev gcc curl mmdebstrap debian-archive-keyring)
 
 log() { echo "setup: $*"; }
 
