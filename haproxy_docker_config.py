@@ -1073,6 +1073,11 @@ class Runtime:
         rows = [line.split() for line in answer.splitlines()[2:]]
         return {r[3]: (r[4], int(r[18])) for r in rows if len(r) > 18 and r[18].isdigit()}
 
+    def ready(self, backend: str) -> set[str]:
+        """Live servers of a backend that are not in maintenance (admin state 0)."""
+        answer = self.ask(f"show servers state {backend}", "1\n#")
+        return {r[3] for r in (line.split() for line in answer.splitlines()[2:]) if len(r) > 6 and r[6] == "0"}
+
     def sessions(self, backend: str, name: str) -> int:
         """Current plus queued sessions of one server."""
         for line in self.ask(f"show stat {backend} 4 -1", "# pxname").splitlines()[1:]:
@@ -1651,13 +1656,14 @@ def _replace_and_apply(file: FileOptions, options: HaproxyOptions, name: str, ta
     checker = haproxy if file.validate else None
     if checker is None and not file.dry_run:
         log.warning("warning: --no-validate: %s is replaced without haproxy -c", file.path)
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # asking Docker overlaps with haproxy -c
+    settings = global_settings(old)
+    runtime = None if file.dry_run else _runtime_address(options, settings)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool, _draining_first(runtime, name, changes[1]):
         asked = pool.submit(in_place_reason, target, file.write_in_place, None if file.dry_run else engine)
         _replace(target, file.path, old, new, checker, file.dry_run, asked.result)
     if file.dry_run:
         return
     in_place = asked.result()
-    settings = global_settings(old)
     try:
         if not _applied_live(options, file.path, name, settings, changes, report):
             report.restarted = _restart(options, file.path, haproxy, settings)
@@ -1667,6 +1673,25 @@ def _replace_and_apply(file: FileOptions, options: HaproxyOptions, name: str, ta
         _replace(target, file.path, new, old, None, False, lambda: in_place)
         raise HaproxyError(f"{exc}; the change was not validated, so the previous {file.path} "
                            f"is restored", exc.details) from exc
+
+
+@contextlib.contextmanager
+def _draining_first(address: str | None, backend: str, names: list[str]) -> Iterator[None]:
+    """Servers on their way out get no new request while the change is validated (which can take a
+    second through docker exec); they get requests again if the change does not go through."""
+    runtime, drained = Runtime(address) if address and names else None, []
+    with contextlib.suppress(RuntimeUnavailable, HaproxyError):
+        ready = runtime.ready(backend) if runtime else set()
+        for name in (n for n in names if n in ready):
+            runtime.ask(f"disable server {backend}/{name}", "")  # type: ignore[union-attr]
+            drained.append(name)
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(RuntimeUnavailable, HaproxyError):
+            for name in drained:
+                runtime.ask(f"enable server {backend}/{name}", "")  # type: ignore[union-attr]
+        raise
 
 
 def _replace(target: Path, shown: str, old: str, new: str, checker: HostHaproxy | ContainerHaproxy | None,

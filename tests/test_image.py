@@ -80,9 +80,9 @@ class Deployment:
     def app(self) -> Container:
         """An app on haproxy's network that asks for the listener by label; it publishes nothing.
 
-        On SIGTERM it serves on for APP_GRACE seconds, as services that shut down gracefully do: the
-        tool in a container validates each change through docker exec, which took up to 1.5 s here
-        on a busy machine, so the 1 s of the other tests' apps can be too short to drain them."""
+        On SIGTERM it serves on for APP_GRACE seconds, as services that shut down gracefully do. The tool
+        drains it through the Runtime API before it validates the change through docker exec, but a stop
+        that comes while another change is validated (1-1.5 s here) waits for that one."""
         return self.start(IMAGE, network=self.network, environment={"HDC_GRACE": str(APP_GRACE)},
                           labels={LISTEN: self.listener, "haproxy-docker-config.port": "8080"})
 

@@ -6,7 +6,8 @@ import json
 import subprocess
 import time
 
-from conftest import ask_haproxy, haproxy_pids, host_port, http_get, run_cli, write_config
+import pytest
+from conftest import CLI, ask_haproxy, haproxy_pids, host_port, http_get, run_cli, write_config
 
 SEAMLESS = "expose-fd listeners"
 
@@ -149,3 +150,35 @@ def test_master_worker_haproxy_is_reloaded_through_its_master(tmp_path, make_con
         assert haproxy_pids(cfg) == [master]
     finally:  # the master and its workers, whatever happened
         subprocess.run(["pkill", "-KILL", "-f", f"haproxy .*{cfg.path}"])
+
+
+def _admin_state(cfg, server: str) -> str | None:
+    rows = [line.split() for line in ask_haproxy(cfg.sock, "show servers state dockerha-app1").splitlines()[2:]]
+    return next((row[6] for row in rows if len(row) > 6 and row[3] == server), None)
+
+
+@pytest.mark.parametrize("accepted", [True, False])
+def test_a_leaving_server_gets_no_request_while_the_change_is_validated(tmp_path, make_container, haproxy,
+                                                                        accepted: bool) -> None:
+    cfg = write_config(tmp_path)
+    stays, leaves = make_container(), make_container()
+    assert cli(cfg, "-a", f"{stays.short_id},{leaves.short_id}").returncode == 0
+    haproxy(cfg)
+    slow = tmp_path / "slow-haproxy"  # validation that takes a while, as docker exec does; accepts or rejects
+    verdict = 'exec haproxy "$@"' if accepted else 'case "$3" in *.tmp) echo "[ALERT] rejected"; exit 1;; esac; exec haproxy "$@"'
+    slow.write_text(f"#!/bin/sh\nsleep 1.5\n{verdict}\n")
+    slow.chmod(0o755)
+    before = cfg.path.read_bytes()
+    proc = subprocess.Popen([str(CLI), "-f", str(cfg.path), "-l", "dockerha-app1", "-d", leaves.short_id,
+                             "--haproxy-bin", str(slow)], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 10
+    while _admin_state(cfg, leaves.short_id) == "0":  # drained before the file changes
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    assert cfg.path.read_bytes() == before and {http_get(cfg.port) for _ in range(10)} == {stays.short_id}
+    _, err = proc.communicate(timeout=30)
+    if accepted:
+        assert proc.returncode == 0 and _admin_state(cfg, leaves.short_id) is None
+    else:
+        assert proc.returncode == 5 and err.startswith(f"ERROR: haproxy rejects the changed {cfg.path}")
+        assert cfg.path.read_bytes() == before and _admin_state(cfg, leaves.short_id) == "0"
