@@ -1,0 +1,377 @@
+"""Soak a --watch for leaks: 500 container starts and stops, two engine restarts, RSS/fds/threads every 10 s.
+
+    .venv/bin/python bench/soak.py [--minutes 11] [--starts 500] [--out docs]
+
+Starts a private dockerd (own socket, data root, exec root and bridge; ports
+published on 127.0.0.3) so that the engine everyone else uses is never
+restarted, a real haproxy with a stats socket on a temporary config, and the
+installed `haproxy-docker-config --watch` on that engine. Then it starts the
+test image's containers at a steady pace, stops or kills them once more than
+POOL run, restarts the engine twice, and samples the watcher from /proc every
+10 s. Writes docs/soak.md and docs/soak.png; exits 1 when the watcher's growth
+from minute 2 to the end exceeds the limits (5 MB RSS, no fd, no thread) or a
+consistency check fails. Everything it starts is removed at the end, also on
+Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures
+import contextlib
+import datetime
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import docker.errors
+
+from bench import environment, terminate_cleanly
+from fleet import IMAGE
+from measure import BenchError
+from soak_report import Sample, SoakRun, failures, write_report
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+CLI = str(Path(sys.executable).parent / "haproxy-docker-config")
+LISTENER = "soak"
+HOST_IP = "127.0.0.3"  # the private engine publishes here; the test suite's second engine uses 127.0.0.2
+POOL = 12  # running containers kept before the oldest is stopped
+SAMPLE_EVERY = 10.0
+QUIET_END = 30.0
+_T0 = time.monotonic()
+
+
+def progress(message: str) -> None:
+    print(f"[{time.monotonic() - _T0:6.1f} s] {message}", file=sys.stderr, flush=True)
+
+
+###############################################################################
+# The private engine ##########################################################
+###############################################################################
+
+
+class PrivateEngine:
+    """A dockerd of the soak's own on a bridge of its own: restarting it disturbs nobody."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir()
+        self.url = f"unix://{root}/docker.sock"
+        self.bridge = f"br-soak{secrets.token_hex(2)}"
+        self.subnet = free_subnet()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> "PrivateEngine":
+        subprocess.run(["ip", "link", "add", self.bridge, "type", "bridge"], check=True)
+        try:
+            subprocess.run(["ip", "addr", "add", self.subnet, "dev", self.bridge], check=True)
+            subprocess.run(["ip", "link", "set", self.bridge, "up"], check=True)
+            self.start()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(docker.errors.DockerException, OSError):
+            for c in self.client().containers.list(all=True):
+                c.remove(force=True)
+        self.stop()
+        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
+
+    def start(self) -> None:
+        command = ["dockerd", "--host", self.url, "--data-root", str(self.root / "data"),
+                   "--exec-root", str(self.root / "exec"), "--pidfile", str(self.root / "docker.pid"),
+                   "--bridge", self.bridge, "--iptables=false", "--ip-masq=false"]
+        with (self.root / "dockerd.log").open("ab") as log:
+            self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while subprocess.run(["docker", "-H", self.url, "info"], capture_output=True).returncode != 0:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise BenchError(f"private dockerd did not start:\n{(self.root / 'dockerd.log').read_text()[-2000:]}")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=120)
+
+    def client(self) -> docker.DockerClient:
+        return docker.DockerClient(base_url=self.url, timeout=120)
+
+
+def free_subnet() -> str:
+    """A /24 in 172.31.240-249 that no interface or route of this host uses yet."""
+    used = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True).stdout
+    used += subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
+    for third in range(240, 250):
+        if not re.search(rf"\b172\.31\.{third}\.", used):
+            return f"172.31.{third}.1/24"
+    raise BenchError("no free 172.31.240-249.0/24 subnet for the private engine's bridge")
+
+
+###############################################################################
+# haproxy and the watcher #####################################################
+###############################################################################
+
+
+def write_config(tmp: Path) -> Path:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path = tmp / "haproxy.cfg"
+    path.write_text(
+        f"global\n    maxconn 1024\n    stats socket {tmp}/admin.sock mode 600 level admin\n\n"
+        "defaults\n    mode http\n    timeout connect 2s\n    timeout client 10s\n    timeout server 10s\n\n"
+        f"listen {LISTENER}\n    bind 127.0.0.1:{port}\n    balance roundrobin\n"
+        "    #DOCKERSERVER $id ${ip}:$port check inter 2000 rise 2 fall 3\n")
+    return path
+
+
+@contextlib.contextmanager
+def running_haproxy(config: Path) -> Iterator[None]:
+    pidfile = config.with_name("haproxy.pid")
+    subprocess.run(["haproxy", "-f", str(config), "-p", str(pidfile), "-D"], check=True,
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, timeout=30)
+    try:
+        yield
+    finally:
+        for pid in (int(tok) for tok in pidfile.read_text().split()):
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{pid}/comm").read_text().startswith("haproxy"):
+                    os.kill(pid, signal.SIGKILL)
+
+
+def ask(config: Path, command: str) -> str:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(config.with_name("admin.sock")))
+        sock.sendall(command.encode() + b"\n")
+        return b"".join(iter(lambda: sock.recv(65536), b"")).decode()
+
+
+def runtime_servers(config: Path) -> set[str]:
+    """Every server of the listener in the running haproxy, in maintenance or not."""
+    rows = [line.split() for line in ask(config, f"show servers state {LISTENER}").splitlines()[2:]]
+    return {row[3] for row in rows if len(row) > 3}
+
+
+def file_servers(config: Path) -> set[str]:
+    return {ln.split()[1] for ln in config.read_text().splitlines() if ln.strip().startswith("server ")}
+
+
+@contextlib.contextmanager
+def watcher(config: Path, engine: PrivateEngine) -> Iterator[subprocess.Popen[bytes]]:
+    """The installed console script, as an operator runs it; its stderr goes to watch.log."""
+    with config.with_name("watch.log").open("wb") as log:
+        proc = subprocess.Popen([CLI, "-f", str(config), "-l", LISTENER, "--watch", "--docker-url", engine.url],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+###############################################################################
+# Sampling ####################################################################
+###############################################################################
+
+
+def sample(pid: int, since: float) -> Sample:
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return Sample(time.monotonic() - since, int(status["VmRSS"].split()[0]), len(os.listdir(f"/proc/{pid}/fd")),
+                  int(status["Threads"]))
+
+
+class Sampler(threading.Thread):
+    """Samples the watcher every SAMPLE_EVERY seconds until stopped."""
+
+    def __init__(self, pid: int, run: SoakRun) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.record, self.since = pid, run, time.monotonic()
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.wait(SAMPLE_EVERY):
+            self.record.samples.append(sample(self.pid, self.since))
+
+    def stop(self) -> None:
+        """Stop, then take the final sample now, so the end value is this quiet moment's."""
+        self.halt.set()
+        self.join()
+        self.record.samples.append(sample(self.pid, self.since))
+
+
+###############################################################################
+# The churn ###################################################################
+###############################################################################
+
+
+class Churn:
+    """Starts containers on the private engine at a steady pace; stops the oldest beyond POOL."""
+
+    def __init__(self, engine: PrivateEngine, run: SoakRun) -> None:
+        self.engine, self.run = engine, run
+        self.client = engine.client()
+        self.pool: collections.deque[str] = collections.deque()
+        self.stoppers = concurrent.futures.ThreadPoolExecutor(2)
+        self.pending: list[concurrent.futures.Future[None]] = []
+
+    def start_one(self) -> None:
+        api = self.client.api
+        container = api.create_container(
+            IMAGE, ports=[8080], host_config=api.create_host_config(port_bindings={8080: (HOST_IP, None)}),
+            labels={"haproxy-docker-config.listen": LISTENER, "hdc-soak": "1"}, stop_timeout=1)
+        api.start(container["Id"])
+        self.pool.append(container["Id"])
+        self.run.starts += 1
+        while len(self.pool) > POOL:
+            self.stop_oldest()
+
+    def stop_oldest(self) -> None:
+        """`docker stop` and `docker kill` in turn; the container is removed after it stopped."""
+        cid, gentle = self.pool.popleft(), self.run.stops % 2 == 0
+        self.run.stops += 1
+        self.pending.append(self.stoppers.submit(self._stop, cid, gentle))
+
+    def _stop(self, cid: str, gentle: bool) -> None:
+        api = self.client.api
+        with contextlib.suppress(docker.errors.NotFound):
+            api.stop(cid, timeout=1) if gentle else api.kill(cid)
+            api.remove_container(cid, force=True)
+
+    def settle(self) -> None:
+        """Wait for the stops in flight (their errors are the run's errors)."""
+        for future in self.pending:
+            future.result()
+        self.pending.clear()
+
+    def restart_engine(self, t: float) -> None:
+        """Stop and start the engine: its containers stop with it and are removed after."""
+        self.settle()
+        down = time.monotonic()
+        self.engine.stop()
+        self.engine.start()
+        self.run.restarts.append((t, time.monotonic() - down))
+        self.client = self.engine.client()
+        for container in self.client.containers.list(all=True, filters={"label": "hdc-soak=1"}):
+            container.remove(force=True)
+        self.run.stopped_by_restart += len(self.pool)
+        self.pool.clear()
+
+    def stop_all(self) -> None:
+        while self.pool:
+            self.stop_oldest()
+        self.settle()
+
+
+def wait_consistent(run: SoakRun, config: Path, want: set[str], what: str, timeout: float = 30.0) -> None:
+    """Record whether file and haproxy both hold exactly `want` (short ids) within timeout."""
+    deadline = time.monotonic() + timeout
+    while not (ok := file_servers(config) == want == runtime_servers(config)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    run.checks.append((what, ok))
+    progress(f"{what}: {'ok' if ok else 'FAILED'}")
+
+
+def churn(run: SoakRun, engine: PrivateEngine, config: Path, starts: int, span: float, since: float) -> None:
+    """`starts` starts spread over `span` seconds, the engine restarted after a third and two thirds;
+    restart times are recorded in seconds from `since` (the watcher's start, as the samples are)."""
+    work = Churn(engine, run)
+    t0 = time.monotonic()
+    restart_at = {starts // 3, 2 * starts // 3}
+    for i in range(starts):
+        time.sleep(max(0.0, t0 + i * span / starts - time.monotonic()))
+        if i in restart_at:
+            work.settle()
+            wait_consistent(run, config, {cid[:12] for cid in work.pool},
+                            f"file and haproxy hold exactly the running containers before restart {len(run.restarts) + 1}")
+            progress(f"restarting the engine after {i} starts")
+            work.restart_engine(time.monotonic() - since)
+        work.start_one()
+    work.stop_all()
+    wait_consistent(run, config, set(), "file and haproxy empty after the last stop")
+
+
+###############################################################################
+# Running it ##################################################################
+###############################################################################
+
+
+def watcher_lines(log: Path) -> dict[str, int]:
+    counts: collections.Counter[str] = collections.Counter()
+    for line in log.read_text(errors="replace").splitlines():
+        word = line.split(" ", 1)[0]
+        counts[word if word in ("added", "updated", "removed", "ERROR:", "warning:") else "other"] += 1
+    return dict(counts)
+
+
+def soak(run: SoakRun, tmp: Path, minutes: float, starts: int) -> None:
+    with PrivateEngine(tmp / "engine") as engine:
+        image = b"".join(docker.from_env().images.get(IMAGE).save(named=True))
+        engine.client().images.load(image)
+        run.environment.update(environment(engine.client(), shutil.which("haproxy") or "haproxy"))
+        config = write_config(tmp)
+        with running_haproxy(config), watcher(config, engine) as proc:
+            sampler = Sampler(proc.pid, run)
+            sampler.start()
+            end = time.monotonic() + minutes * 60
+            time.sleep(20)
+            churn(run, engine, config, starts, minutes * 60 - 20 - 60 - QUIET_END, sampler.since)
+            time.sleep(max(QUIET_END, end - time.monotonic()))
+            sampler.stop()
+            run.duration = run.samples[-1].t
+            proc.send_signal(signal.SIGTERM)
+            run.watcher_exit = proc.wait(timeout=60)
+        run.watcher_lines = watcher_lines(config.with_name("watch.log"))
+        for line in config.with_name("watch.log").read_text(errors="replace").splitlines():
+            if not line.startswith(("added ", "updated ", "removed ")):
+                progress(f"watcher said: {line}")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--minutes", type=float, default=11.0, help="length of the run (at least 10 for the record)")
+    parser.add_argument("--starts", type=int, default=500, help="containers started (and stopped)")
+    parser.add_argument("--out", type=Path, default=REPO / "docs", help="where soak.md and soak.png go")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if os.geteuid() != 0:
+        print("soak: needs root (it runs its own dockerd and bridge)", file=sys.stderr)
+        return 2
+    command = ".venv/bin/python bench/soak.py" + "".join(
+        f" {flag} {value}" for flag, value in (("--minutes", args.minutes), ("--starts", args.starts))
+        if value != parse_args([]).__dict__[flag[2:]])
+    run = SoakRun(command, datetime.datetime.now(datetime.timezone.utc), {})
+    try:
+        with terminate_cleanly(), tempfile.TemporaryDirectory(prefix="hdc-soak-") as tmp:
+            soak(run, Path(tmp), args.minutes, args.starts)
+    except (BenchError, docker.errors.DockerException, subprocess.SubprocessError) as exc:
+        print(f"soak: {exc}", file=sys.stderr)
+        return 1
+    write_report(run, args.out)
+    progress(f"wrote {args.out / 'soak.md'} and {args.out / 'soak.png'}")
+    for line in failures(run):
+        print(f"soak: {line}", file=sys.stderr)
+    return 1 if failures(run) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
