@@ -22,8 +22,6 @@ import concurrent.futures
 import contextlib
 import datetime
 import os
-import re
-import secrets
 import shutil
 import signal
 import socket
@@ -41,13 +39,13 @@ import docker.errors
 from bench import environment, terminate_cleanly
 from fleet import IMAGE
 from measure import BenchError
+from private_engine import HOST_IP, EngineError, PrivateEngine
 from soak_report import Sample, SoakRun, failures, write_report
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 CLI = str(Path(sys.executable).parent / "haproxy-docker-config")
 LISTENER = "soak"
-HOST_IP = "127.0.0.3"  # the private engine publishes here; the test suite's second engine uses 127.0.0.2
 POOL = 12  # running containers kept before the oldest is stopped
 SAMPLE_EVERY = 10.0
 QUIET_END = 30.0
@@ -56,71 +54,6 @@ _T0 = time.monotonic()
 
 def progress(message: str) -> None:
     print(f"[{time.monotonic() - _T0:6.1f} s] {message}", file=sys.stderr, flush=True)
-
-
-###############################################################################
-# The private engine ##########################################################
-###############################################################################
-
-
-class PrivateEngine:
-    """A dockerd of the soak's own on a bridge of its own: restarting it disturbs nobody."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        root.mkdir()
-        self.url = f"unix://{root}/docker.sock"
-        self.bridge = f"br-soak{secrets.token_hex(2)}"
-        self.subnet = free_subnet()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> "PrivateEngine":
-        subprocess.run(["ip", "link", "add", self.bridge, "type", "bridge"], check=True)
-        try:
-            subprocess.run(["ip", "addr", "add", self.subnet, "dev", self.bridge], check=True)
-            subprocess.run(["ip", "link", "set", self.bridge, "up"], check=True)
-            self.start()
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        with contextlib.suppress(docker.errors.DockerException, OSError):
-            for c in self.client().containers.list(all=True):
-                c.remove(force=True)
-        self.stop()
-        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
-
-    def start(self) -> None:
-        command = ["dockerd", "--host", self.url, "--data-root", str(self.root / "data"),
-                   "--exec-root", str(self.root / "exec"), "--pidfile", str(self.root / "docker.pid"),
-                   "--bridge", self.bridge, "--iptables=false", "--ip-masq=false"]
-        with (self.root / "dockerd.log").open("ab") as log:
-            self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while subprocess.run(["docker", "-H", self.url, "info"], capture_output=True).returncode != 0:
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise BenchError(f"private dockerd did not start:\n{(self.root / 'dockerd.log').read_text()[-2000:]}")
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=120)
-
-    def client(self) -> docker.DockerClient:
-        return docker.DockerClient(base_url=self.url, timeout=120)
-
-
-def free_subnet() -> str:
-    """A /24 in 172.31.240-249 that no interface or route of this host uses yet."""
-    used = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True).stdout
-    used += subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
-    for third in range(240, 250):
-        if not re.search(rf"\b172\.31\.{third}\.", used):
-            return f"172.31.{third}.1/24"
-    raise BenchError("no free 172.31.240-249.0/24 subnet for the private engine's bridge")
 
 
 ###############################################################################
@@ -322,8 +255,7 @@ def watcher_lines(log: Path) -> dict[str, int]:
 
 def soak(run: SoakRun, tmp: Path, minutes: float, starts: int) -> None:
     with PrivateEngine(tmp / "engine") as engine:
-        image = b"".join(docker.from_env().images.get(IMAGE).save(named=True))
-        engine.client().images.load(image)
+        engine.load_image(IMAGE)
         run.environment.update(environment(engine.client(), shutil.which("haproxy") or "haproxy"))
         config = write_config(tmp)
         with running_haproxy(config), watcher(config, engine) as proc:
@@ -363,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with terminate_cleanly(), tempfile.TemporaryDirectory(prefix="hdc-soak-") as tmp:
             soak(run, Path(tmp), args.minutes, args.starts)
-    except (BenchError, docker.errors.DockerException, subprocess.SubprocessError) as exc:
+    except (BenchError, EngineError, docker.errors.DockerException, subprocess.SubprocessError) as exc:
         print(f"soak: {exc}", file=sys.stderr)
         return 1
     write_report(run, args.out)
