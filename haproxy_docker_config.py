@@ -33,6 +33,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -796,6 +797,9 @@ class ConfigDoc:
         flags = augeas.Augeas.NO_MODL_AUTOLOAD | augeas.Augeas.NO_STDINC | augeas.Augeas.NO_LOAD
         with _lens_dir() as lensdir:
             self.aug = augeas.Augeas(root="/", loadpath=lensdir, flags=flags)
+            # python-augeas frees its native handle (megabytes) only when the cycle collector
+            # finds it, which in a long --watch can be many passes later: free it with this doc.
+            weakref.finalize(self, self.aug.close)
             self.aug.set("/input", text + self._newline)
             self._store()
 
