@@ -21,6 +21,7 @@ import collections
 import concurrent.futures
 import contextlib
 import datetime
+import json
 import os
 import shutil
 import signal
@@ -30,6 +31,8 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,6 +52,8 @@ LISTENER = "soak"
 POOL = 12  # running containers kept before the oldest is stopped
 SAMPLE_EVERY = 10.0
 QUIET_END = 30.0
+METRICS = "haproxy_docker_config_"
+OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback only, never a proxy
 _T0 = time.monotonic()
 
 
@@ -61,10 +66,14 @@ def progress(message: str) -> None:
 ###############################################################################
 
 
-def write_config(tmp: Path) -> Path:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return int(s.getsockname()[1])
+
+
+def write_config(tmp: Path) -> Path:
+    port = free_port()
     path = tmp / "haproxy.cfg"
     path.write_text(
         f"global\n    maxconn 1024\n    stats socket {tmp}/admin.sock mode 600 level admin\n\n"
@@ -106,13 +115,16 @@ def file_servers(config: Path) -> set[str]:
 
 
 @contextlib.contextmanager
-def watcher(config: Path, engine: PrivateEngine) -> Iterator[subprocess.Popen[bytes]]:
-    """The installed console script, as an operator runs it; its stderr goes to watch.log."""
+def watcher(config: Path, engine: PrivateEngine) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """The installed console script as an operator runs it, with metrics on a loopback port and JSON
+    lines (to watch.log); yields the process and the metrics port."""
+    port = free_port()
     with config.with_name("watch.log").open("wb") as log:
-        proc = subprocess.Popen([CLI, "-f", str(config), "-l", LISTENER, "--watch", "--docker-url", engine.url],
+        proc = subprocess.Popen([CLI, "-f", str(config), "-l", LISTENER, "--watch", "--docker-url", engine.url,
+                                 "--metrics", f"127.0.0.1:{port}", "--log-format", "json"],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
     try:
-        yield proc
+        yield proc, port
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -124,29 +136,49 @@ def watcher(config: Path, engine: PrivateEngine) -> Iterator[subprocess.Popen[by
 ###############################################################################
 
 
-def sample(pid: int, since: float) -> Sample:
+def get(port: int, path: str) -> tuple[int, str]:
+    """GET http://127.0.0.1:port/path: (status, body); (0, reason) when nothing answers."""
+    try:
+        with OPENER.open(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError as exc:
+        return 0, str(exc)
+
+
+def sample(pid: int, since: float, port: int) -> Sample:
+    """/proc first, then /healthz: the request's own socket and thread are not counted."""
     status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
-    return Sample(time.monotonic() - since, int(status["VmRSS"].split()[0]), len(os.listdir(f"/proc/{pid}/fd")),
-                  int(status["Threads"]))
+    rss, fds, threads = int(status["VmRSS"].split()[0]), len(os.listdir(f"/proc/{pid}/fd")), int(status["Threads"])
+    return Sample(time.monotonic() - since, rss, fds, threads, get(port, "/healthz")[0])
+
+
+def final_metrics(port: int) -> dict[str, float]:
+    """The watcher's own counters at the end (`_created` timestamps left out)."""
+    _, text = get(port, "/metrics")
+    pairs = (line.rsplit(" ", 1) for line in text.splitlines() if line.startswith(METRICS) and "_created" not in line)
+    return {name.removeprefix(METRICS): float(number) for name, number in pairs
+            if not name.startswith(METRICS + "process_")}
 
 
 class Sampler(threading.Thread):
     """Samples the watcher every SAMPLE_EVERY seconds until stopped."""
 
-    def __init__(self, pid: int, run: SoakRun) -> None:
+    def __init__(self, pid: int, port: int, run: SoakRun) -> None:
         super().__init__(daemon=True)
-        self.pid, self.record, self.since = pid, run, time.monotonic()
+        self.pid, self.port, self.record, self.since = pid, port, run, time.monotonic()
         self.halt = threading.Event()
 
     def run(self) -> None:
         while not self.halt.wait(SAMPLE_EVERY):
-            self.record.samples.append(sample(self.pid, self.since))
+            self.record.samples.append(sample(self.pid, self.since, self.port))
 
     def stop(self) -> None:
         """Stop, then take the final sample now, so the end value is this quiet moment's."""
         self.halt.set()
         self.join()
-        self.record.samples.append(sample(self.pid, self.since))
+        self.record.samples.append(sample(self.pid, self.since, self.port))
 
 
 ###############################################################################
@@ -246,10 +278,11 @@ def churn(run: SoakRun, engine: PrivateEngine, config: Path, starts: int, span: 
 
 
 def watcher_lines(log: Path) -> dict[str, int]:
+    """The watcher's JSON lines by kind: the change (added, updated, removed), else the level."""
     counts: collections.Counter[str] = collections.Counter()
     for line in log.read_text(errors="replace").splitlines():
-        word = line.split(" ", 1)[0]
-        counts[word if word in ("added", "updated", "removed", "ERROR:", "warning:") else "other"] += 1
+        entry = json.loads(line)
+        counts[entry["action"] or entry["level"]] += 1
     return dict(counts)
 
 
@@ -258,8 +291,8 @@ def soak(run: SoakRun, tmp: Path, minutes: float, starts: int) -> None:
         engine.load_image(IMAGE)
         run.environment.update(environment(engine.client(), shutil.which("haproxy") or "haproxy"))
         config = write_config(tmp)
-        with running_haproxy(config), watcher(config, engine) as proc:
-            sampler = Sampler(proc.pid, run)
+        with running_haproxy(config), watcher(config, engine) as (proc, port):
+            sampler = Sampler(proc.pid, port, run)
             sampler.start()
             end = time.monotonic() + minutes * 60
             time.sleep(20)
@@ -267,12 +300,15 @@ def soak(run: SoakRun, tmp: Path, minutes: float, starts: int) -> None:
             time.sleep(max(QUIET_END, end - time.monotonic()))
             sampler.stop()
             run.duration = run.samples[-1].t
+            run.metrics = final_metrics(port)
+            healthy = all(s.healthz == 200 for s in run.samples if s.t >= 30)
+            run.checks.append(("/healthz answered 200 at every sample from 0:30 on", healthy))
             proc.send_signal(signal.SIGTERM)
             run.watcher_exit = proc.wait(timeout=60)
         run.watcher_lines = watcher_lines(config.with_name("watch.log"))
-        for line in config.with_name("watch.log").read_text(errors="replace").splitlines():
-            if not line.startswith(("added ", "updated ", "removed ")):
-                progress(f"watcher said: {line}")
+        for entry in map(json.loads, config.with_name("watch.log").read_text(errors="replace").splitlines()):
+            if not entry["action"]:
+                progress(f"watcher said: {entry['level']}: {entry['message']}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -21,12 +21,13 @@ BASELINE_FROM, BASELINE_TO = 120.0, 180.0
 
 @dataclasses.dataclass(frozen=True)
 class Sample:
-    """The watcher process at one moment: seconds since it started, RSS, open fds, threads."""
+    """The watcher process at one moment: seconds since it started, RSS, open fds, threads, /healthz status."""
 
     t: float
     rss_kb: int
     fds: int
     threads: int
+    healthz: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +65,7 @@ class SoakRun:
     watcher_lines: dict[str, int] = dataclasses.field(default_factory=dict)
     watcher_exit: int | None = None
     duration: float = 0.0
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)  # its /metrics at the end
 
 
 def growths(samples: Sequence[Sample]) -> list[Growth]:
@@ -122,15 +124,18 @@ def activity_section(run: SoakRun) -> str:
         ["engine restarts", f"{len(run.restarts)} ({restarts})"],
         ["watcher log lines", lines],
         ["watcher exit on SIGTERM", str(run.watcher_exit)],
+        ["its /metrics at the end", "<br>".join(f"`{k}` {v:g}" for k, v in sorted(run.metrics.items())) or "none"],
         *([what, "ok" if ok else "**failed**"] for what, ok in run.checks),
     ]
     return "## What the run did\n\n" + md_table(["", ""], rows)
 
 
 def samples_section(run: SoakRun) -> str:
-    rows = [[f"{s.t / 60:.2f}", f"{s.rss_kb / 1024:.2f}", str(s.fds), str(s.threads)] for s in run.samples]
+    rows = [[f"{s.t / 60:.2f}", f"{s.rss_kb / 1024:.2f}", str(s.fds), str(s.threads), str(s.healthz)]
+            for s in run.samples]
     return ("## Every sample\n\n<details><summary>" + f"{len(run.samples)} samples, one every 10 s"
-            + "</summary>\n\n" + md_table(["minute", "RSS MB", "fds", "threads"], rows) + "\n</details>\n")
+            + "</summary>\n\n" + md_table(["minute", "RSS MB", "fds", "threads", "/healthz"], rows)
+            + "\n</details>\n")
 
 
 def header_section(run: SoakRun) -> str:
@@ -139,13 +144,15 @@ def header_section(run: SoakRun) -> str:
     return (
         "# Soak: one watcher, 500 container starts and stops, two engine restarts\n\n"
         f"Run `{run.command}` on {run.started:%Y-%m-%d %H:%M} UTC: {verdict}.\n\n"
-        "One `haproxy-docker-config --watch` (the installed console script, no `-v`) follows a private "
+        "One `haproxy-docker-config --watch --metrics 127.0.0.1:PORT --log-format json` (the installed console "
+        "script, no `-v`) follows a private "
         "dockerd of its own (own socket, data root and bridge, so the engine others use is never "
         "restarted) and keeps the listener of a real haproxy in step through its stats socket. Containers "
         "of the test image are started at a steady pace and stopped (`docker stop` and `docker kill` in "
         "turn) once more than a dozen run; the engine is stopped and started twice on the way, which stops "
         "its containers and breaks the watcher's event stream. Every 10 s the watcher's RSS (`VmRSS`), open "
-        "file descriptors (`/proc/PID/fd`) and threads (`Threads`) are read from /proc. Growth is the value "
+        "file descriptors (`/proc/PID/fd`) and threads (`Threads`) are read from /proc, then its `/healthz` is "
+        "asked (after the reading, so that request's socket and thread are not counted). Growth is the value "
         "after the last change and 30 quiet seconds, less the lowest value seen in minute 2 (from 2:00 to "
         "3:00, once imports and first connections are done). Plot: soak.png.\n\n" + env + "\n")
 
