@@ -16,6 +16,7 @@ import difflib
 import fcntl
 import hashlib
 import io
+import ipaddress
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -48,6 +50,11 @@ DEFAULT_PIDFILE = "/var/run/haproxy.pid"
 DEFAULT_LOCK_TIMEOUT = 30.0
 DEFAULT_DRAIN_TIMEOUT = 10.0
 DEFAULT_COALESCE = 0.25
+#: --watch --metrics: /healthz turns 503 when an engine was not synced within --coalesce plus this.
+HEALTH_GRACE = 30.0
+#: --watch --metrics: a pass runs after this many seconds without events, so that "synced" stays true.
+IDLE_RESYNC = 10.0
+METRICS_PREFIX = "haproxy_docker_config"
 
 EXIT_OK = 0
 EXIT_NOT_BALANCED = 1
@@ -58,7 +65,8 @@ EXIT_HAPROXY = 5
 
 EXIT_STATUS_HELP = """exit status:
   0  done
-  1  --check or --verify found a container not balanced / a server not found
+  1  --check or --verify found a container not balanced / a server not found,
+     or --status found the file, haproxy and Docker disagreeing (drift)
   2  usage error (bad option, malformed id list or port)
   3  haproxy config problem (missing or unparsable file, unknown listener,
      no template, file already rejected by haproxy, cannot lock or write)
@@ -181,6 +189,14 @@ def parse_port(text: str, context: str) -> int:
     if not 1 <= port <= 65535:
         raise UsageError(f"port {port} in {context!r} is out of range; give a port in 1..65535")
     return port
+
+
+def parse_listen_address(text: str) -> tuple[str, int]:
+    """`ADDR:PORT` (`[::1]:9101`, `127.0.0.1:9101`, `:9101` for every interface) as (host, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        raise UsageError(f"--metrics {text!r} is not ADDR:PORT; give e.g. 127.0.0.1:9101")
+    return host.strip("[]"), parse_port(port, text)
 
 
 def parse_id_list(text: str, allow_ports: bool) -> list[ContainerRef]:
@@ -534,6 +550,137 @@ def template_pattern(template: str) -> re.Pattern[str]:
     return re.compile(pattern)
 
 
+@dataclasses.dataclass(frozen=True)
+class LiveServer:
+    """One server as the running haproxy reports it (`show servers state` joined with `show stat`)."""
+
+    ip: str | None
+    port: int | None
+    state: str  # UP, DOWN, MAINT, DRAIN or NOLB
+    check: str | None  # the last check's status (L4OK, L7STS, ...), None without checks
+    sessions: int | None
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerStatus:
+    """One row of --status: what the file, the running haproxy and Docker say about one server."""
+
+    server: str
+    ip: str | None
+    port: int | None
+    container: str  # running, unhealthy, paused, exited, ... or absent
+    haproxy: str | None  # None: no haproxy answered
+    check: str | None
+    sessions: int | None
+    in_file: bool
+    in_runtime: bool | None
+    drift: list[str]
+    listener: str | None = None
+
+
+def parse_servers_state(answer: str) -> dict[str, tuple[str, int]]:
+    """name -> (address, port) from the table `show servers state BACKEND` answers (format 1)."""
+    rows = [line.split() for line in answer.splitlines()[2:]]
+    return {r[3]: (r[4], int(r[18])) for r in rows if len(r) > 18 and r[18].isdigit()}
+
+
+def parse_stat(answer: str) -> dict[str, tuple[str, str | None, int | None]]:
+    """name -> (state, check status, current sessions) from the CSV of `show stat BACKEND 4 -1`.
+
+    Columns are found by the header's names, which differ between haproxy versions."""
+    lines = answer.splitlines()
+    if not lines or not lines[0].startswith("# "):
+        return {}
+    header = lines[0][2:].split(",")
+    rows = [dict(zip(header, line.split(","))) for line in lines[1:] if line]
+    return {row["svname"]: (haproxy_state(row.get("status", "")), row.get("check_status", "").lstrip("* ") or None,
+                            int(row["scur"]) if row.get("scur", "").isdigit() else None)
+            for row in rows if row.get("svname") not in ("FRONTEND", "BACKEND", None)}
+
+
+def haproxy_state(status: str) -> str:
+    """`show stat`'s status as one word: `UP 1/3` (going down) is UP, `no check` is UP,
+    `MAINT (via b/s)` is MAINT."""
+    word = re.match(r"[A-Z]+", status)
+    return word.group(0) if word else "UP" if status == "no check" else status or "UP"
+
+
+def join_live(addresses: dict[str, tuple[str, int]],
+              stats: dict[str, tuple[str, str | None, int | None]]) -> dict[str, LiveServer]:
+    """The servers of one backend in the running haproxy, from its two answers."""
+    return {name: LiveServer(ip, port or None, *stats.get(name, ("UP", None, None)))
+            for name, (ip, port) in addresses.items()}
+
+
+def container_state(backend: Backend) -> str:
+    """A container's state as --status shows it: `unhealthy` for a running one failing its health check."""
+    return "unhealthy" if backend.state == "running" and backend.health == "unhealthy" else backend.state
+
+
+def state_of_server(name: str, containers: list[Backend]) -> str:
+    """The state of the container a server name stands for (as --verify matches), or `absent`;
+    of several (the same name on two engines) the one closest to running."""
+    states = [container_state(c) for c in containers if is_backed(name, [c])]
+    order = ("running", "unhealthy", "paused", "restarting")
+    return min(states, key=lambda s: order.index(s) if s in order else len(order), default="absent")
+
+
+def server_drift(line: str | None, live: LiveServer | None, answered: bool, container: str,
+                 docker_checked: bool) -> list[str]:
+    """Where the file, the running haproxy and Docker disagree about one server.
+
+    `answered`: a haproxy answered for this backend; `docker_checked`: the server is one of
+    Docker's (the template renders it, or a container carries its name)."""
+    drift = []
+    if answered and line is not None and live is None:
+        drift.append("not_in_runtime")
+    if live is not None and line is None:
+        drift.append("not_in_file")
+    if line is not None and live is not None and _address_differs(server_address(line), (live.ip, live.port)):
+        drift.append("address_differs")
+    if live is not None and docker_checked and live.state == "UP" and container not in ("running", "unhealthy"):
+        drift.append("up_without_container")
+    if live is not None and live.state == "MAINT" and container == "running":
+        drift.append("maint_while_healthy")
+    return drift
+
+
+def _address_differs(in_file: tuple[str | None, int | None], live: tuple[str | None, int | None]) -> bool:
+    """Compare what can be compared: a host name in the file is resolved by haproxy, not here;
+    a line without a port takes the client's."""
+    try:
+        differs = ipaddress.ip_address(in_file[0] or "") != ipaddress.ip_address(live[0] or "")
+    except ValueError:
+        differs = False
+    return differs or (in_file[1] is not None and in_file[1] != live[1])
+
+
+def status_rows(listener: str, lines: dict[str, str], live: dict[str, LiveServer] | None,
+                containers: Callable[[str], str], managed: re.Pattern[str] | None) -> list[ServerStatus]:
+    """One row per server of the file (in file order), then per server only haproxy has.
+
+    `lines`: server name -> line in the file; `live`: None when no haproxy answered;
+    `containers`: server name -> container state; `managed`: the template's shape, if any."""
+    rows = []
+    for name in [*lines, *(n for n in live or {} if n not in lines)]:
+        line, server = lines.get(name), (live or {}).get(name)
+        ip, port = server_address(line) if line is not None else (server.ip, server.port)  # type: ignore[union-attr]
+        container = containers(name)
+        ours = container != "absent" or bool(line is not None and managed and managed.fullmatch(line))
+        rows.append(ServerStatus(
+            name, ip, port, container, server.state if server else None, server.check if server else None,
+            server.sessions if server else None, line is not None, None if live is None else server is not None,
+            server_drift(line, server, live is not None, container, ours), listener))
+    return rows
+
+
+def templated_listeners(text: str) -> list[str]:
+    """The listen and backend sections that carry a #DOCKERSERVER template line, in file order."""
+    mark = re.compile(r"^[ \t]*#[ \t]*DOCKERSERVER(?=\s|$)", re.MULTILINE)
+    return [name for kind, name, start, end in sections(text)
+            if kind in ("listen", "backend") and mark.search(text, start, end)]
+
+
 def _root_cause(exc: BaseException) -> str:
     """The innermost reason of a library error, e.g. 'Permission denied'."""
     while exc.__cause__ or exc.__context__:
@@ -600,6 +747,8 @@ class Mode:
     host_ip: str | None = None
     network: str | None = None
     coalesce: float = DEFAULT_COALESCE
+    metrics: tuple[str, int] | None = None  # --watch: serve /metrics and /healthz here
+    log_format: str = "plain"
 
 
 ###############################################################################
@@ -648,6 +797,9 @@ class ConfigDoc:
         flags = augeas.Augeas.NO_MODL_AUTOLOAD | augeas.Augeas.NO_STDINC | augeas.Augeas.NO_LOAD
         with _lens_dir() as lensdir:
             self.aug = augeas.Augeas(root="/", loadpath=lensdir, flags=flags)
+            # python-augeas frees its native handle (megabytes) only when the cycle collector
+            # finds it, which in a long --watch can be many passes later: free it with this doc.
+            weakref.finalize(self, self.aug.close)
             self.aug.set("/input", text + self._newline)
             self._store()
 
@@ -780,6 +932,8 @@ class Engine:
         self.timeout = timeout
         self.host_ip = host_ip or default_host_ip(url)
         self._api: Any = None
+        self.answered_at = float("-inf")  # monotonic time of its last answered list call
+        self.listed: list[Backend] = []  # what containers() last returned
 
     def describe(self) -> str:
         return self.url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
@@ -827,7 +981,8 @@ class Engine:
 
     def containers(self, filters: dict[str, list[str]], everything: bool = False) -> list[Backend]:
         """The containers Docker's own filters select, in one API call."""
-        return [backend_from_list(entry, self.host_ip) for entry in self._listed(filters, everything)]
+        self.listed = [backend_from_list(entry, self.host_ip) for entry in self._listed(filters, everything)]
+        return self.listed
 
     def mounting(self, path: str) -> str | None:
         """The name of a running container that mounts this host path, if any (one API call)."""
@@ -838,9 +993,11 @@ class Engine:
         import docker
 
         try:
-            return self.api.containers(all=everything, filters=filters)
+            listed = self.api.containers(all=everything, filters=filters)
         except docker.errors.DockerException as exc:
             raise self._failure("list containers at", exc) from exc
+        self.answered_at = time.monotonic()
+        return listed
 
     def network_name(self, ref: str) -> str:
         """The name of the network --network names (by name, id or id prefix)."""
@@ -1069,9 +1226,16 @@ class Runtime:
 
     def servers(self, backend: str) -> dict[str, tuple[str, int]]:
         """Live servers of a backend: name -> (address, port)."""
-        answer = self.ask(f"show servers state {backend}", "1\n#")
-        rows = [line.split() for line in answer.splitlines()[2:]]
-        return {r[3]: (r[4], int(r[18])) for r in rows if len(r) > 18 and r[18].isdigit()}
+        return parse_servers_state(self.ask(f"show servers state {backend}", "1\n#"))
+
+    def backend(self, backend: str) -> dict[str, LiveServer]:
+        """Every server of a backend as haproxy runs it; {} when it does not know the backend."""
+        answer = self.ask(f"show servers state {backend}")
+        if answer.startswith("Can't find backend"):
+            return {}
+        if not answer.startswith("1\n#"):
+            raise HaproxyError(f"haproxy refused 'show servers state {backend}': {answer or 'no answer'}")
+        return join_live(parse_servers_state(answer), parse_stat(self.ask(f"show stat {backend} 4 -1", "# ")))
 
     def ready(self, backend: str) -> set[str]:
         """Live servers of a backend that are not in maintenance (admin state 0)."""
@@ -1322,7 +1486,7 @@ class Report:
 
     listener: str | None
     action: str
-    results: list[Result] = dataclasses.field(default_factory=list)
+    results: list[Result | ServerStatus] = dataclasses.field(default_factory=list)
     changed: bool = False
     restarted: bool = False
     runtime: str | None = None
@@ -1339,7 +1503,10 @@ class Report:
 
     @property
     def status(self) -> int:
-        bad = any(r.status in ("not_balanced", "not_found") for r in self.results)
+        if self.action == "status":
+            drifted = any(isinstance(r, ServerStatus) and r.drift for r in self.results)
+            return EXIT_NOT_BALANCED if drifted else EXIT_OK
+        bad = any(isinstance(r, Result) and r.status in ("not_balanced", "not_found") for r in self.results)
         return EXIT_NOT_BALANCED if bad and self.action in ("check", "verify") else EXIT_OK
 
 
@@ -1406,6 +1573,40 @@ def _reachable(name: str, running: list[Backend], addressing: Addressing) -> boo
             if addressing.reach_for(backend).reaches(backend):
                 return True
     return False
+
+
+def status_servers(text: str, path: str, names: list[str], runtime: Runtime | None,
+                   engines: list[Engine]) -> list[ServerStatus]:
+    """--status: each server of these listeners as the file, the running haproxy and Docker see it.
+    Docker is asked (one list call per engine) only when there is a server to ask about."""
+    sides = []
+    for name in names:
+        listener = Listener(text, name, path)
+        live, runtime = _live_servers(runtime, name)
+        sides.append((name, _server_lines(listener), live, _managed_pattern(listener)))
+    containers = [c for e in engines for c in e.containers({}, everything=True)] \
+        if any(lines or live for _, lines, live, _ in sides) else []
+    return [row for name, lines, live, managed in sides
+            for row in status_rows(name, lines, live, lambda n: state_of_server(n, containers), managed)]
+
+
+def _live_servers(runtime: Runtime | None, name: str) -> tuple[dict[str, LiveServer] | None, Runtime | None]:
+    """haproxy's servers of one backend, and the runtime to ask next (None once no haproxy answered)."""
+    if runtime is None:
+        return None, None
+    try:
+        return runtime.backend(name), runtime
+    except RuntimeUnavailable as exc:
+        log.warning("warning: %s; haproxy's side is not compared", exc)
+        return None, None
+
+
+def _managed_pattern(listener: Listener) -> re.Pattern[str] | None:
+    """The shape of the servers the template renders; None for a listener without one template."""
+    try:
+        return template_pattern(listener.template()[1])
+    except ConfigError:
+        return None
 
 
 @dataclasses.dataclass
@@ -1499,17 +1700,20 @@ def _server_result(value: str, status: str) -> Result:
 ###############################################################################
 
 
-ACTIONS = ("add", "delete", "check", "verify", "sync", "prune", "watch")
+ACTIONS = ("add", "delete", "check", "verify", "sync", "prune", "watch", "status")
 
 
 def _action(args: argparse.Namespace) -> str:
     action = next((a for a in ACTIONS if getattr(args, a) not in (None, False)), "show" if args.show else None)
     if action is None:
-        raise UsageError("nothing to do; give --add, --delete, --check, --verify, --sync, --prune, --watch or --show")
-    if args.listen is None and action not in ("sync", "watch"):
+        raise UsageError("nothing to do; give --add, --delete, --check, --verify, --sync, --prune, --watch, "
+                         "--status or --show")
+    if args.listen is None and action not in ("sync", "watch", "status"):
         raise UsageError("the following arguments are required: -l/--listen; see --help")
-    if len(args.docker_url or ()) > 1 and action not in ("sync", "prune", "watch"):
-        raise UsageError("--docker-url may be given more than once only with --sync, --prune or --watch")
+    if len(args.docker_url or ()) > 1 and action not in ("sync", "prune", "watch", "status"):
+        raise UsageError("--docker-url may be given more than once only with --sync, --prune, --watch or --status")
+    if (args.metrics or args.log_format != "plain") and action != "watch":
+        raise UsageError("--metrics and --log-format go with --watch")
     if args.filter and (action not in ("sync", "watch") or args.listen is None):
         raise UsageError("--filter selects the containers of one listener: give it with -l, "
                          "with --sync or --watch")
@@ -1531,7 +1735,8 @@ def _mode(args: argparse.Namespace) -> Mode:
     haproxy = HaproxyOptions(args.haproxy_bin, args.haproxy_container, args.hot_restart, args.restart,
                              not args.no_runtime, args.runtime_socket, args.drain_timeout, args.state_file)
     return Mode(action, args.listen, file, haproxy, _refs(args, action), parse_filters(args.filter or []),
-                tuple(args.docker_url or [None]), args.host_ip, args.network, args.coalesce)
+                tuple(args.docker_url or [None]), args.host_ip, args.network, args.coalesce,
+                parse_listen_address(args.metrics) if args.metrics else None, args.log_format)
 
 
 def run(args: argparse.Namespace) -> Report:
@@ -1540,6 +1745,8 @@ def run(args: argparse.Namespace) -> Report:
     engines = [Engine(url, host_ip=mode.host_ip) for url in mode.docker_urls]  # one connection per engine
     if mode.action == "watch":
         return watch(mode, engines)
+    if mode.action == "status":
+        return status(mode, engines)
     if mode.action in ("sync", "prune"):
         return sync(mode, mode.action, engines, set())
     if mode.action == "add":
@@ -1567,6 +1774,18 @@ def _addressing(mode: Mode, engine: Engine) -> Addressing:
     if mode.haproxy.container:
         return Addressing(shared_with=engine.shared_networks(mode.haproxy.container), haproxy=mode.haproxy.container)
     return Addressing()
+
+
+def status(mode: Mode, engines: list[Engine]) -> Report:
+    """--status: reads only and takes no lock, so a cron job never waits on a writer."""
+    text = read_config(Path(mode.file.path))
+    address = _reading_socket(mode.haproxy, global_settings(text)) if mode.haproxy.runtime else None
+    if address is None and mode.haproxy.runtime:
+        log.warning("warning: no stats socket in the global section and no --runtime-socket; "
+                    "haproxy's side is not compared")
+    names = [mode.listener] if mode.listener else templated_listeners(text)
+    runtime = Runtime(address) if address else None
+    return Report(mode.listener, "status", status_servers(text, mode.file.path, names, runtime, engines))
 
 
 def _write(file: FileOptions, options: HaproxyOptions, action: str, name: str,
@@ -1759,6 +1978,11 @@ def _runtime_address(options: HaproxyOptions, settings: GlobalSettings) -> str |
     return options.runtime_socket or settings.admin_socket() if options.runtime else None
 
 
+def _reading_socket(options: HaproxyOptions, settings: GlobalSettings) -> str | None:
+    """A stats socket to read from: reading needs no admin level."""
+    return options.runtime_socket or settings.admin_socket() or next((s.address for s in settings.sockets), None)
+
+
 def _restart(options: HaproxyOptions, config: str, haproxy: HostHaproxy | ContainerHaproxy | None,
              settings: GlobalSettings) -> bool:
     if not options.reloads or haproxy is None:
@@ -1776,7 +2000,7 @@ def _save_server_state(options: HaproxyOptions, settings: GlobalSettings) -> Non
     """Dump `show servers state` where the reloaded haproxy will read it, so servers known
     to be down stay down (load-server-state-from-file)."""
     path = options.state_file or (None if options.container else settings.state_file)
-    address = options.runtime_socket or settings.admin_socket() or next((s.address for s in settings.sockets), None)
+    address = _reading_socket(options, settings)
     if not path or not address:
         return
     try:
@@ -1798,6 +2022,181 @@ def _finish(file: FileOptions, report: Report, listener: Listener) -> None:
 
 
 ###############################################################################
+# What a watcher tells about itself: metrics, health, JSON log lines ##########
+###############################################################################
+
+
+class Observer:
+    """What a watcher reports about itself as it goes: nothing, unless --metrics (see Metrics)."""
+
+    idle_resync: float | None = None  # run a pass after this many seconds without events
+
+    def event(self, engine: Engine) -> None:
+        """A container event arrived from this engine."""
+
+    def reconnected(self, engine: Engine) -> None:
+        """This engine's event stream is back after it dropped."""
+
+    def passed(self, report: Report | None, answered: list[Engine], listeners: list[str]) -> None:
+        """A pass ended: its report (None when it failed), the engines that answered in it, the listeners."""
+
+    def close(self) -> None:
+        """The watch is over."""
+
+
+class Metrics(Observer):
+    """--metrics: Prometheus metrics at /metrics and the watcher's health at /healthz, served from a thread.
+
+    prometheus_client is imported here only, so a watcher without --metrics does not need it."""
+
+    idle_resync = IDLE_RESYNC
+
+    def __init__(self, address: tuple[str, int], engines: list[Engine], config: str, coalesce: float) -> None:
+        try:
+            import prometheus_client
+        except ImportError:
+            raise UsageError("--metrics needs the prometheus_client library; "
+                             "pip install haproxy-docker-config[metrics]") from None
+        self.config, self.stale_after = config, coalesce + HEALTH_GRACE
+        self.synced: dict[str, float] = {}
+        self.urls = [e.describe() for e in engines]
+        self.registry = prometheus_client.CollectorRegistry()
+        self._declare(prometheus_client)
+        self.server = _serve(address, self)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _declare(self, prom: Any) -> None:
+        def metric(kind: Any, name: str, doc: str, labels: tuple[str, ...] = ()) -> Any:
+            return kind(f"{METRICS_PREFIX}_{name}", doc, labels, registry=self.registry)
+
+        self.events = metric(prom.Counter, "events", "Container events received", ("engine",))
+        self.reconnects = metric(prom.Counter, "engine_reconnects", "Event streams re-established after a drop",
+                                 ("engine",))
+        self.passes = metric(prom.Counter, "sync_passes", "Sync passes run (after events, reconnects, idle)")
+        self.failures = metric(prom.Counter, "failed_passes", "Sync passes that failed (an ERROR line)")
+        self.changes = metric(prom.Counter, "server_changes", "Servers added, updated and removed",
+                              ("listener", "change"))
+        self.applied = metric(prom.Counter, "writes", "Config writes by how haproxy took them: live (Runtime "
+                              "API), reload, or file only", ("applied",))
+        self.managed = metric(prom.Gauge, "managed_servers", "Managed servers in the listener's section",
+                              ("listener",))
+        since = metric(prom.Gauge, "seconds_since_sync", "Seconds since the last successful pass this engine "
+                       "answered in (+Inf before the first)", ("engine",))
+        for url in self.urls:  # zeros from the start, not only after the first event
+            self.events.labels(url)
+            self.reconnects.labels(url)
+            since.labels(url).set_function(lambda url=url: self.age(url))
+        for how in ("live", "reload", "file"):
+            self.applied.labels(how)
+        prom.ProcessCollector(namespace=METRICS_PREFIX, registry=self.registry)
+
+    def age(self, url: str) -> float:
+        return time.monotonic() - self.synced.get(url, float("-inf"))
+
+    def healthy(self) -> tuple[bool, str]:
+        stale = [url for url in self.urls if self.age(url) > self.stale_after]
+        if stale:
+            return False, f"not synced within {self.stale_after:g} s: {', '.join(stale)}\n"
+        return True, "ok\n"
+
+    def event(self, engine: Engine) -> None:
+        self.events.labels(engine.describe()).inc()
+
+    def reconnected(self, engine: Engine) -> None:
+        self.reconnects.labels(engine.describe()).inc()
+
+    def passed(self, report: Report | None, answered: list[Engine], listeners: list[str]) -> None:
+        self.passes.inc()
+        if report is None:
+            self.failures.inc()
+            return
+        self.synced.update((e.describe(), time.monotonic()) for e in answered)
+        for r in report.results:
+            if isinstance(r, Result):
+                self.changes.labels(r.listener or "", r.status).inc()
+        if report.changed:
+            self.applied.labels("reload" if report.restarted else "live" if report.runtime == "applied"
+                                else "file").inc()
+        self._count_managed(listeners)
+
+    def _count_managed(self, listeners: list[str]) -> None:
+        """Count the servers of the template's shape, as the file has them now."""
+        try:
+            text = read_config(Path(self.config))
+            for name in listeners:
+                listener = Listener(text, name, self.config)
+                shape = template_pattern(listener.template()[1])
+                self.managed.labels(name).set(sum(1 for _, v in listener.servers() if shape.fullmatch(v)))
+        except ConfigError as exc:
+            log.info("managed servers not counted: %s", exc)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _serve(address: tuple[str, int], metrics: Metrics) -> Any:
+    """An HTTP server for GET /metrics and GET /healthz (not yet serving; see Metrics)."""
+    import http.server
+
+    import prometheus_client
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            if self.path == "/metrics":
+                code, body = 200, prometheus_client.generate_latest(metrics.registry)
+                kind = prometheus_client.CONTENT_TYPE_LATEST
+            elif self.path == "/healthz":
+                ok, text = metrics.healthy()
+                code, body, kind = (200 if ok else 503), text.encode(), "text/plain; charset=utf-8"
+            else:
+                code, body, kind = 404, b"not found; try /metrics or /healthz\n", "text/plain; charset=utf-8"
+            self.send_response(code)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            """Scrapes are not the watcher's news."""
+
+    host, port = address
+    try:
+        return http.server.ThreadingHTTPServer((host, port), Handler)
+    except OSError as exc:
+        raise UsageError(f"--metrics {host}:{port}: cannot listen there ({_root_cause(exc)}); "
+                         f"give a free ADDR:PORT") from exc
+
+
+class JsonLines(logging.Formatter):
+    """--log-format json: every stderr line one JSON object with the same keys, for log shippers."""
+
+    KEYS = ("listener", "action", "server", "address", "engine")
+
+    def format(self, record: logging.LogRecord) -> str:
+        message, level = record.getMessage(), "info"  # the module logs at WARNING only to be seen without -v
+        for prefix in ("ERROR: ", "warning: "):
+            if message.startswith(prefix):
+                message, level = message[len(prefix):], prefix.rstrip(": ").lower()
+        if record.exc_info:
+            message += "\n" + self.formatException(record.exc_info)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+        change = getattr(record, "change", {})
+        return json.dumps({"time": stamp, "level": level, **{k: change.get(k) for k in self.KEYS},
+                           "message": message})
+
+
+def _change_fields(result: Result, engines: list[Engine]) -> dict[str, Any]:
+    """A watch line's fields; the engine is the one whose last listing has the container (unknown
+    for a container gone from one of several engines)."""
+    engine = engines[0] if len(engines) == 1 else next(
+        (e for e in engines if result.server and is_backed(result.server, e.listed)), None)
+    return {"listener": result.listener, "action": result.status, "server": result.server,
+            "address": f"{result.ip}:{result.port}" if result.port else None,
+            "engine": engine.describe() if engine else None}
+
+
+###############################################################################
 # Watching the engines ########################################################
 ###############################################################################
 
@@ -1807,15 +2206,17 @@ def watch(mode: Mode, engines: list[Engine]) -> Report:
     total, remembered, excluded = Report(mode.listener, "watch"), set(), set()
     events: queue.Queue[Any] = queue.Queue()
     stop = threading.Event()
+    observer = Metrics(mode.metrics, engines, mode.file.path, mode.coalesce) if mode.metrics else Observer()
     handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         for engine in engines:  # each connection posts "connected", which starts with a full sync
-            threading.Thread(target=_follow, args=(engine, events, stop), daemon=True).start()
-        while (burst := _next_burst(events, stop, mode.coalesce)) is not None:
+            threading.Thread(target=_follow, args=(engine, events, stop, observer), daemon=True).start()
+        while (burst := _next_burst(events, stop, mode.coalesce, observer.idle_resync)) is not None:
             _note_deaths(burst, excluded)
-            _watch_pass(mode, engines, total, remembered, excluded)
+            _watch_pass(mode, engines, total, remembered, excluded, observer)
     finally:
         stop.set()
+        observer.close()
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
     log.warning("stopped watching; %s is complete", mode.file.path)
@@ -1839,34 +2240,43 @@ def _note_deaths(burst: list[Any], excluded: set[str]) -> None:
 
 
 def _watch_pass(mode: Mode, engines: list[Engine], total: Report, remembered: set[str],
-                excluded: set[str]) -> None:
+                excluded: set[str], observer: Observer) -> None:
     """One sync; an error is logged and the watch goes on (the next event or reconnect retries)."""
+    started = time.monotonic()
     try:
         report = sync(mode, "sync", engines, remembered, frozenset(excluded))
     except HdcError as exc:
         log.warning("ERROR: %s", exc)
+        observer.passed(None, [], [])
         return
     for r in report.results:
-        where = f" {r.ip}:{r.port}" if r.port else ""
-        log.warning("%s %s/%s%s", r.status, r.listener, r.server, where)
+        if isinstance(r, Result):
+            where = f" {r.ip}:{r.port}" if r.port else ""
+            log.warning("%s %s/%s%s", r.status, r.listener, r.server, where,
+                        extra={"change": _change_fields(r, engines)})
     total.absorb(report)
+    observer.passed(report, [e for e in engines if e.answered_at >= started],
+                    [mode.listener] if mode.listener else sorted(remembered))
 
 
-def _follow(engine: Engine, events: queue.Queue[Any], stop: threading.Event) -> None:
+def _follow(engine: Engine, events: queue.Queue[Any], stop: threading.Event, observer: Observer) -> None:
     """Feed one engine's container events to the queue; reconnect with backoff when it drops."""
-    backoff = 0.5
+    backoff, connections = 0.5, 0
     while not stop.is_set():
         reason = "the stream ended"
         try:
             stream = engine.api.events(decode=True, filters={"type": ["container", "network"],
                                                              "event": list(WATCH_EVENTS)})
             events.put("connected")  # resync: events missed while away are not lost
-            backoff = 0.5
+            if connections:
+                observer.reconnected(engine)
+            backoff, connections = 0.5, connections + 1
             for event in stream:
                 events.put(event)
                 actor = event.get("Actor") or {}
                 log.info("event %s %s %s", event.get("Type"), event.get("Action"),
                          (actor.get("Attributes") or {}).get("container", actor.get("ID", ""))[:12])
+                observer.event(engine)
         except Exception as exc:  # any failure of the stream means: reconnect
             reason = _root_cause(exc)
         if stop.is_set():
@@ -1877,15 +2287,20 @@ def _follow(engine: Engine, events: queue.Queue[Any], stop: threading.Event) -> 
         backoff = min(backoff * 2, 10.0)
 
 
-def _next_burst(events: queue.Queue[Any], stop: threading.Event, window: float) -> list[Any] | None:
-    """Wait for an event, then collect the events of the next `window` seconds; None once asked to stop."""
+def _next_burst(events: queue.Queue[Any], stop: threading.Event, window: float,
+                idle: float | None = None) -> list[Any] | None:
+    """Wait for an event, then collect the events of the next `window` seconds; None once asked to stop;
+    an empty burst (a resync) after `idle` seconds without any."""
     burst: list[Any] = []
+    waited_until = None if idle is None else time.monotonic() + idle
     while not burst:
         try:
             burst.append(events.get(timeout=0.2))
         except queue.Empty:
             if stop.is_set():
                 return None
+            if waited_until is not None and time.monotonic() >= waited_until:
+                return []
     deadline = time.monotonic() + window
     while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
         with contextlib.suppress(queue.Empty):
@@ -1900,6 +2315,8 @@ def _next_burst(events: queue.Queue[Any], stop: threading.Event, window: float) 
 
 def render_plain(report: Report, verbose: bool) -> str:
     """The seed's plain output, byte for byte."""
+    if report.action == "status":
+        return render_status(report)
     lines = []
     for r in report.results if report.action != "watch" else ():
         who = f"{r.listener}/{r.id}" if report.listener is None else r.id
@@ -1910,6 +2327,20 @@ def render_plain(report: Report, verbose: bool) -> str:
     lines.extend(report.servers or ())
     text = "".join(line + "\n" for line in lines)
     return (report.diff or "") + text
+
+
+def render_status(report: Report) -> str:
+    """--status as an aligned table under a header line; nothing when there is no server."""
+    rows = [["SERVER", "ADDRESS", "CONTAINER", "HAPROXY", "CHECK", "SESSIONS", "DRIFT"]]
+    for r in report.results:
+        if isinstance(r, ServerStatus):
+            address = "-" if r.ip is None else r.ip if r.port is None else f"{r.ip}:{r.port}"
+            rows.append([r.server if report.listener else f"{r.listener}/{r.server}", address, r.container,
+                         r.haproxy or "-", r.check or "-", "-" if r.sessions is None else str(r.sessions),
+                         ",".join(r.drift) or "-"])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1] for row in rows]
+    return "".join(line + "\n" for line in lines) if len(rows) > 1 else ""
 
 
 def as_document(report: Report) -> dict[str, Any]:
@@ -1987,6 +2418,10 @@ def build_parser() -> _Parser:
                      help="Remove the managed servers of LISTENER whose containers no longer run")
     act.add_argument("--watch", action="store_true",
                      help="--sync, then follow Docker's events and sync again on every change, until SIGTERM")
+    act.add_argument("--status", action="store_true",
+                     help="Show each server of LISTENER (without -l: of every listener with a template) as the "
+                          "file, the running haproxy (stats socket) and Docker see it, and where they disagree "
+                          "(exit 1); reads only")
     restart = p.add_mutually_exclusive_group()
     restart.add_argument("-r", "--restart", action="store_true",
                          help="Restart haproxy after a change (systemctl, else service haproxy restart)")
@@ -2039,6 +2474,13 @@ def build_parser() -> _Parser:
     p.add_argument("--coalesce", metavar="SECONDS", type=_seconds, default=DEFAULT_COALESCE,
                    help=f"--watch: after an event, gather the events of this long into one change "
                         f"(default {DEFAULT_COALESCE:g}; changes land within about this plus a second's work)")
+    p.add_argument("--metrics", metavar="ADDR:PORT",
+                   help="--watch: serve Prometheus metrics at http://ADDR:PORT/metrics and /healthz (200 while "
+                        "every engine was synced within --coalesce + 30 s, else 503); needs "
+                        "pip install haproxy-docker-config[metrics]")
+    p.add_argument("--log-format", choices=("plain", "json"), default="plain",
+                   help="--watch: each line on stderr as plain text (default) or as one JSON object "
+                        "(time, level, listener, action, server, address, engine, message)")
     p.add_argument("--lock-timeout", metavar="SECONDS", type=_seconds, default=DEFAULT_LOCK_TIMEOUT,
                    help=f"Wait this long for another run's lock (default {DEFAULT_LOCK_TIMEOUT:g})")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -2052,25 +2494,27 @@ def _one_line(message: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; every error becomes one line on stderr and its exit status."""
-    verbose = False
+    verbose, error = False, sys.stderr.write
     try:
         args = build_parser().parse_args(argv)
         verbose = args.verbose
         logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
                             stream=sys.stderr, force=True)
+        if args.log_format == "json":
+            logging.getLogger().handlers[0].setFormatter(JsonLines())
+            error = lambda text: log.warning(text.rstrip("\n"))  # noqa: E731 (one JSON line too)
         report = run(args)
     except HdcError as exc:
         if verbose:
             log.exception("traceback:")
-        sys.stderr.write(f"ERROR: {_one_line(str(exc))}\n" + "".join(f"  {ln}\n" for ln in exc.details.splitlines()))
+        error(f"ERROR: {_one_line(str(exc))}\n" + "".join(f"  {ln}\n" for ln in exc.details.splitlines()))
         return exc.status
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # a bug or a surprise of the system: still one line, unless -v
         if verbose:
             log.exception("traceback:")
-        sys.stderr.write(f"ERROR: unexpected {type(exc).__name__}: {_one_line(str(exc))}; "
-                         f"rerun with -v for the traceback\n")
+        error(f"ERROR: unexpected {type(exc).__name__}: {_one_line(str(exc))}; rerun with -v for the traceback\n")
         return EXIT_CONFIG
     sys.stdout.write(render(report, args.format or "plain", args.verbose))
     return report.status

@@ -21,6 +21,8 @@ Scenario = tuple[int, int]
 TOOL_COMMANDS = ("--add", "--check", "--check ID", "--verify", "--show")
 FLOORS = ("floor", "floor (section only)")
 PLOTTED = ("--add", "--check", "--show", "floor", "floor (section only)")
+#: bench/status_bench.py's section of bench.md lies between these; write_report keeps it.
+STATUS_BEGIN, STATUS_END = "<!-- status_bench.py -->", "<!-- /status_bench.py -->"
 
 
 @dataclasses.dataclass
@@ -312,7 +314,9 @@ def write_report(r: Results, out: Path) -> None:
     sections = [header_section(r), targets_section(r), "![wall time against config size](bench.png)\n",
                 size_section(r), container_section(r), noise_note(r), requests_section(r), components_section(r),
                 METHOD, raw_section(r)]
-    (out / "bench.md").write_text("\n".join(sections))
+    path = out / "bench.md"
+    kept = path.read_text().partition(STATUS_BEGIN) if path.exists() else ("", "", "")
+    (out / "bench.md").write_text("\n".join(sections) + ("\n" + kept[1] + kept[2] if kept[1] else ""))
     plot(r, out / "bench.png")
 
 

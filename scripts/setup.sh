@@ -50,8 +50,8 @@ if [ -f "$ROOT/pyproject.toml" ]; then
     want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
     if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ] \
         || [ ! -x "$ROOT/.venv/bin/haproxy-docker-config" ]; then
-        log "pip install -e '.[test]'"
-        "$ROOT/.venv/bin/pip" install -q --disable-pip-version-check -e "$ROOT[test]"
+        log "pip install -e '.[test,metrics]'"
+        "$ROOT/.venv/bin/pip" install -q --disable-pip-version-check -e "$ROOT[test,metrics]"
         echo "$want" >"$stamp"
     fi
 else

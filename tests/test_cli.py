@@ -154,7 +154,7 @@ def test_yaml_and_json_agree(capsys, cfg, make_container) -> None:
 
 @pytest.mark.parametrize("args, code, message", [
     (["-a", "x"], 2, "ERROR: the following arguments are required: -l/--listen; see --help"),
-    (["-l", "dockerha-app1"], 2, "ERROR: nothing to do; give --add, --delete, --check, --verify, --sync, --prune, --watch or --show"),
+    (["-l", "dockerha-app1"], 2, "ERROR: nothing to do; give --add, --delete, --check, --verify, --sync, --prune, --watch, --status or --show"),
     (["-l", "dockerha-app1", "-a", "x", "-d", "y"], 2, "ERROR: argument -d/--delete: not allowed with argument -a/--add; see --help"),
     (["-l", "dockerha-app1", "-a", "a,,b"], 2, "ERROR: empty container id in 'a,,b'; give ID[,ID...] without empty items"),
     (["-l", "dockerha-app1", "-a", "abc:70000"], 2, "ERROR: port 70000 in 'abc:70000' is out of range; give a port in 1..65535"),
