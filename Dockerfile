@@ -13,7 +13,7 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libaugeas-dev pkg-config \
     && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml README.md LICENSE.txt haproxy_docker_config.py /src/
-RUN pip wheel --no-cache-dir --use-pep517 -w /wheels /src
+RUN pip wheel --no-cache-dir --use-pep517 -w /wheels "/src[metrics]"
 
 FROM python:3.11-slim-bookworm
 RUN apt-get update \

@@ -17,7 +17,7 @@ cd "$ROOT"
 
 IMAGE="haproxy-docker-config"
 BASE="hdc-tool-base:latest"
-RECIPE="1"          # bump when this recipe changes: both stages are rebuilt
+RECIPE="2"          # bump when this recipe changes: both stages are rebuilt
 SUITE="bookworm"    # Debian 12: Python 3.11, the version the wheels are built for
 USER_ID="10001"     # the image's user; give it the socket's group with --group-add
 PYTHON="$ROOT/.venv/bin/python"
@@ -60,8 +60,9 @@ pip_wheel() {  # quiet unless it fails
 # --- stage 1: Debian, Python, libaugeas0 and the dependencies' wheels --------
 if [ "$(label_of "$BASE" hdc-tool-base)" != "$base_key" ]; then
     log "building $BASE from a Debian $SUITE root (mmdebstrap; 2 to 3 minutes)"
-    "$PYTHON" -c 'import sys, tomllib; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))' \
-        pyproject.toml >"$tmp/requirements.txt"
+    # the dependencies and the metrics extra (a watcher in a container is where --metrics is used)
+    "$PYTHON" -c 'import sys, tomllib; p = tomllib.load(open(sys.argv[1], "rb"))["project"]
+print("\n".join(p["dependencies"] + p["optional-dependencies"]["metrics"]))' pyproject.toml >"$tmp/requirements.txt"
     # python-augeas has no wheel on PyPI: it is built here against libaugeas-dev (setup.sh installs it)
     pip_wheel -w "$tmp/wheels" -r "$tmp/requirements.txt"
     # No docs, man pages or locales; the debootstrap way to a merged /usr (the usrmerge

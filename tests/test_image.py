@@ -192,3 +192,12 @@ def test_without_the_sockets_group_the_tool_says_why(deployment) -> None:
                      "or give --docker-url; its servers are left as they are",
                      f"ERROR: no Docker engine answered (unix://{SOCKET}); start dockerd or check --docker-url"]
     assert (d.conf / "haproxy.cfg").read_bytes() == before
+
+
+def test_the_image_can_serve_metrics(tool_image: Image, docker_client: docker.DockerClient) -> None:
+    """A watcher in a container is where --metrics is used: the image carries the metrics extra."""
+    output = docker_client.containers.run(tool_image.id, ["--help"], remove=True, labels={LABEL: RUN}).decode()
+    assert "--metrics ADDR:PORT" in output
+    probe = docker_client.containers.run(tool_image.id, entrypoint=["python3", "-c", "import prometheus_client"],
+                                         remove=True, labels={LABEL: RUN})
+    assert probe == b""
