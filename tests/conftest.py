@@ -65,6 +65,15 @@ def _remove(container: Container) -> None:
         pass
 
 
+def wait_until(predicate: Callable[[], object], timeout: float, explain: Callable[[], str] = lambda: "") -> float:
+    """Seconds until predicate() held; fails after `timeout`, saying explain()."""
+    started = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - started < timeout, f"timed out; {explain()}"
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free right now (the kernel picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

@@ -18,7 +18,7 @@ from pathlib import Path
 import docker
 import docker.errors
 import pytest
-from conftest import IMAGE, LABEL, REPO, RUN, ask_haproxy, free_port
+from conftest import IMAGE, LABEL, REPO, RUN, ask_haproxy, free_port, wait_until
 from docker.models.containers import Container
 from docker.models.images import Image
 
@@ -137,13 +137,6 @@ def deployment(tmp_path, docker_client, tool_image) -> Iterator[Deployment]:
             with contextlib.suppress(docker.errors.APIError):
                 container.remove(force=True)
         network.remove()
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, explain: Callable[[], str] = lambda: "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out; {explain()}"
-        time.sleep(0.05)
 
 
 def test_the_tool_in_a_container_keeps_haproxy_in_a_container_in_step(deployment) -> None:

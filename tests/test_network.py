@@ -11,7 +11,7 @@ import time
 
 import docker.errors
 import pytest
-from conftest import CLI, IMAGE, LABEL, RUN, ask_haproxy, free_port, http_get, run_cli
+from conftest import CLI, IMAGE, LABEL, RUN, ask_haproxy, free_port, http_get, run_cli, wait_until
 
 import load  # bench/load.py (conftest puts bench/ on the path)
 
@@ -234,14 +234,6 @@ def test_a_port_label_that_is_not_a_port_is_a_warning_and_the_container_is_skipp
     before = site.cfg.read_bytes()
     again = site.cli("--sync", "--network", site.net.name, "--json")
     assert json.loads(again.stdout)["changed"] is False and site.cfg.read_bytes() == before
-
-
-def wait_until(predicate, timeout: float) -> float:
-    started = time.monotonic()
-    while not predicate():
-        assert time.monotonic() - started < timeout, "timed out"
-        time.sleep(0.02)
-    return time.monotonic() - started
 
 
 def _live(site) -> set[str]:

@@ -9,7 +9,7 @@ import time
 import urllib.request
 
 import pytest
-from conftest import CLI, IMAGE, LABEL, RUN, ask_haproxy, haproxy_pids, run_cli, write_config
+from conftest import CLI, IMAGE, LABEL, RUN, ask_haproxy, haproxy_pids, run_cli, wait_until, write_config
 
 import load  # bench/load.py (conftest puts bench/ on the path)
 
@@ -34,15 +34,6 @@ def live_servers(cfg) -> set[str]:
 
 def file_servers(cfg) -> set[str]:
     return {ln.split()[1] for ln in cfg.path.read_text().splitlines() if ln.strip().startswith("server ")}
-
-
-def wait_until(predicate, timeout: float) -> float:
-    """Seconds until predicate() held; fails after timeout."""
-    started = time.monotonic()
-    while not predicate():
-        assert time.monotonic() - started < timeout, "timed out"
-        time.sleep(0.02)
-    return time.monotonic() - started
 
 
 class Watcher:
