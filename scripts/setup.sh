@@ -78,5 +78,6 @@ fi
 # --- test image ---------------------------------------------------------------
 "$ROOT/scripts/build-test-image.sh"
 "$ROOT/scripts/build-haproxy-image.sh"
+"$ROOT/scripts/build-haproxy-versions.sh"
 "$ROOT/scripts/build-image.sh"    # the tool's own image, for tests/test_image.py
 log "ok"
