@@ -107,6 +107,14 @@ let lns = body . section*
 STATS_SOCKET = re.compile(r"^[ \t]*stats[ \t]+socket[ \t]+([^ \t\r\n]+)([^\r\n]*)", re.MULTILINE)
 STATE_FILE = re.compile(r"^[ \t]*server-state-(file|base)[ \t]+([^ \t\r\n#]+)", re.MULTILINE)
 MASTER_WORKER = re.compile(r"^[ \t]*master-worker(?=[ \t\r\n]|$)", re.MULTILINE)
+#: The version line of `show info` ("Version: 2.2.9-2+deb11u7") or of `haproxy -v` ("HA-Proxy version
+#: 2.2.9-2+deb11u7 ..." in 2.2, "HAProxy version 2.6.12-1+deb12u4 ..." in 2.6 and later).
+HAPROXY_VERSION = re.compile(r"^(?:Version:[ \t]*|HA-?Proxy version[ \t]+)((\d+)\.(\d+)[^ \t\r\n]*)", re.MULTILINE)
+#: What a master-worker haproxy logs once a reload (SIGUSR2) is decided: 2.6 and 3.0 say "Loading
+#: success." or "Loading failure!"; 2.2 says neither, but "New worker #1 (PID) forked" after a good load
+#: and "Reexecuting Master process in waitpid mode" after a failed one (its old workers keep serving).
+RELOAD_SUCCESS = re.compile(r"Loading success|New worker #\d+ \(\d+\) forked")
+RELOAD_FAILURE = re.compile(r"Loading failure|Reexecuting Master process in waitpid mode")
 TEMPLATE_MARK = re.compile(r"DOCKERSERVER(?:\s+|$)")
 ERB_VARIABLE = re.compile(r"<%=\s*(\w+)\s*%>")
 TEMPLATE_VARIABLES = ("id", "name", "ip", "port")
@@ -511,6 +519,43 @@ def global_settings(text: str) -> GlobalSettings:
     if "file" in paths:
         found.state_file = os.path.join(paths.get("base", ""), paths["file"])
     return found
+
+
+@dataclasses.dataclass(frozen=True)
+class HaproxyVersion:
+    """A haproxy version as it reports itself; its branch says what its Runtime API can do."""
+
+    text: str               # "2.2.9-2+deb11u7", "3.1-dev4"
+    branch: tuple[int, int]
+
+    def __str__(self) -> str:
+        return self.text
+
+    def without_dynamic_servers(self) -> str | None:
+        """Why `add server`/`del server` are not for this version, or None when they are (2.5 and newer).
+        2.4 has them only behind `experimental-mode on`, which the tool does not switch on for you."""
+        name = "haproxy %d.%d" % self.branch
+        if self.branch < (2, 4):
+            return f"{name} has no dynamic servers"
+        return f"{name} has dynamic servers only in experimental mode" if self.branch < (2, 5) else None
+
+
+def parse_haproxy_version(text: str) -> HaproxyVersion | None:
+    """The version in `show info` or `haproxy -v` output; None when there is none."""
+    match = HAPROXY_VERSION.search(text)
+    return HaproxyVersion(match.group(1), (int(match.group(2)), int(match.group(3)))) if match else None
+
+
+def reload_outcome(logs: str) -> tuple[bool | None, str]:
+    """How a master-worker haproxy's log since SIGUSR2 says the reload went: (True, the line saying so),
+    (False, that line), or (None, "") while it has not said yet. Failure wins: it is what must not be missed."""
+    for verdict, pattern in ((False, RELOAD_FAILURE), (True, RELOAD_SUCCESS)):
+        match = pattern.search(logs)
+        if match:
+            start = logs.rfind("\n", 0, match.start()) + 1
+            end = logs.find("\n", match.end())
+            return verdict, logs[start:end if end >= 0 else len(logs)].strip()
+    return None, ""
 
 
 def live_changes(before: dict[str, str], after: dict[str, str]) -> tuple[list[str], list[str]]:
@@ -1209,20 +1254,31 @@ class Runtime:
         self.address = address
 
     def ask(self, command: str, *accepted: str) -> str:
-        """Send one command; unless its answer starts with one of `accepted`, haproxy refused it."""
+        """Send one command; unless its answer starts with one of `accepted`, haproxy refused it
+        (said in one line: an unknown command makes older versions answer with their whole help)."""
         log.info("runtime> %s", command)
+        answer = self._exchange(command)
+        log.info("haproxy< %s", answer or "(ok)")
+        if accepted and not any(answer.startswith(a) if a else not answer for a in accepted):
+            raise HaproxyError(f"haproxy refused '{command}': {answer.splitlines()[0] if answer else 'no answer'}")
+        return answer
+
+    def version(self) -> HaproxyVersion | None:
+        """The running haproxy's version, from `show info` (None if it names none)."""
+        log.info("runtime> show info")
+        version = parse_haproxy_version(self._exchange("show info"))
+        log.info("haproxy< Version: %s", version or "(none)")
+        return version
+
+    def _exchange(self, command: str) -> str:
         try:
             with _connect(self.address) as sock:
                 sock.sendall(command.encode() + b"\n")
-                answer = b"".join(iter(lambda: sock.recv(65536), b"")).decode(errors="replace").strip()
+                return b"".join(iter(lambda: sock.recv(65536), b"")).decode(errors="replace").strip()
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             raise RuntimeUnavailable(f"no haproxy answers on {self.address} ({exc.strerror})") from exc
         except OSError as exc:
             raise HaproxyError(f"cannot use haproxy's stats socket {self.address} ({_root_cause(exc)})") from exc
-        log.info("haproxy< %s", answer or "(ok)")
-        if accepted and not any(answer.startswith(a) if a else not answer for a in accepted):
-            raise HaproxyError(f"haproxy refused '{command}': {answer or 'no answer'}")
-        return answer
 
     def servers(self, backend: str) -> dict[str, tuple[str, int]]:
         """Live servers of a backend: name -> (address, port)."""
@@ -1397,9 +1453,14 @@ class HostHaproxy:
 
     def __init__(self, binary: str) -> None:
         self.binary = binary
+        self.where = f"{binary} -v"
 
     def check(self, path: Path, shown: str) -> tuple[bool, str]:
         return haproxy_check(self.binary, str(path), shown)
+
+    def version(self) -> HaproxyVersion | None:
+        proc = subprocess.run([self.binary, "-v"], capture_output=True, text=True, errors="replace", timeout=30)
+        return parse_haproxy_version(proc.stdout)
 
     def hot_restart(self, config: str, pidfile: str, settings: GlobalSettings) -> None:
         hot_restart(self.binary, config, pidfile, settings.exposed_socket(), settings.master_worker)
@@ -1414,6 +1475,7 @@ class ContainerHaproxy:
 
     def __init__(self, engine: Engine, name: str) -> None:
         self.engine, self.name = engine, name
+        self.where = f"haproxy -v in container {name}"
 
     def _call(self, what: str, call: Callable[[], Any]) -> Any:
         import docker
@@ -1433,24 +1495,34 @@ class ContainerHaproxy:
             tar.addfile(info, io.BytesIO(path.read_bytes()))
         api = self.engine.api
         self._call("copy the config", lambda: api.put_archive(self.name, "/tmp", archive.getvalue()))
-        exec_id = self._call("run haproxy -c", lambda: api.exec_create(
-            self.name, ["haproxy", "-c", "-f", "/tmp/hdc-candidate.cfg"])["Id"])
-        output = self._call("run haproxy -c", lambda: api.exec_start(exec_id)).decode(errors="replace")
-        accepted = self._call("run haproxy -c", lambda: api.exec_inspect(exec_id))["ExitCode"] == 0
-        return accepted, _alerts(output, "/tmp/hdc-candidate.cfg", shown)
+        code, output = self._exec(["haproxy", "-c", "-f", "/tmp/hdc-candidate.cfg"], "run haproxy -c")
+        return code == 0, _alerts(output, "/tmp/hdc-candidate.cfg", shown)
+
+    def version(self) -> HaproxyVersion | None:
+        return parse_haproxy_version(self._exec(["haproxy", "-v"], "run haproxy -v")[1])
+
+    def _exec(self, command: list[str], what: str) -> tuple[int, str]:
+        """Run a command in the container: (exit code, output)."""
+        api = self.engine.api
+        exec_id = self._call(what, lambda: api.exec_create(self.name, command)["Id"])
+        output = self._call(what, lambda: api.exec_start(exec_id)).decode(errors="replace")
+        return self._call(what, lambda: api.exec_inspect(exec_id))["ExitCode"], output
 
     def hot_restart(self, config: str, pidfile: str, settings: GlobalSettings) -> None:
-        """SIGUSR2 to the master, then wait for its log to say how loading went."""
-        since = int(time.time())
+        """SIGUSR2 to the master, then wait for its log to say how loading went (each version says
+        it its own way: reload_outcome)."""
+        since = time.time()  # not whole seconds: a start or reload just before must not answer for this one
         log.info("reloading haproxy in container %s (SIGUSR2 to its master)", self.name)
         self._call("signal haproxy", lambda: self.engine.api.kill(self.name, "SIGUSR2"))
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             logs = self._call("read the logs", lambda: self.engine.api.logs(self.name, since=since)).decode(
                 errors="replace")
-            if "Loading success" in logs:
+            worked, said = reload_outcome(logs)
+            if worked:
+                log.info("haproxy in container %s reloaded: %s", self.name, said)
                 return
-            if "Loading failure" in logs:
+            if worked is False:
                 raise HaproxyError(f"haproxy in container {self.name} failed to reload; the old workers "
                                    f"keep serving", "\n".join(ln for ln in logs.splitlines() if "ALERT" in ln))
             time.sleep(0.1)
@@ -1884,7 +1956,7 @@ def _replace_and_apply(file: FileOptions, options: HaproxyOptions, name: str, ta
         return
     in_place = asked.result()
     try:
-        if not _applied_live(options, file.path, name, settings, changes, report):
+        if not _applied_live(options, file.path, name, settings, changes, report, haproxy):
             report.restarted = _restart(options, file.path, haproxy, settings)
     except HaproxyError as exc:
         if checker is not None:
@@ -1952,13 +2024,19 @@ def _validate(checker: HostHaproxy | ContainerHaproxy, candidate: Path, target: 
 
 
 def _applied_live(options: HaproxyOptions, shown: str, name: str, settings: GlobalSettings,
-                  changes: tuple[list[str], list[str]], report: Report) -> bool:
-    """Apply the change through the Runtime API when there is an admin stats socket."""
+                  changes: tuple[list[str], list[str]], report: Report,
+                  haproxy: HostHaproxy | ContainerHaproxy | None) -> bool:
+    """Apply the change through the Runtime API when there is an admin stats socket and the
+    haproxy behind it has dynamic servers."""
     address = _runtime_address(options, settings)
     if address is None:
+        _say_why_not_live(not options.runtime, haproxy)
         return False
+    runtime = Runtime(address)
     try:
-        apply_live(Runtime(address), name, *changes, options.drain_timeout)
+        if not _has_dynamic_servers(runtime, shown, options.reloads, report):
+            return False
+        apply_live(runtime, name, *changes, options.drain_timeout)
     except RuntimeUnavailable as exc:
         log.info("%s; only the file is changed", exc)
         report.runtime = "unavailable"
@@ -1972,6 +2050,33 @@ def _applied_live(options: HaproxyOptions, shown: str, name: str, settings: Glob
     log.info("applied live through %s", address)
     report.runtime = "applied"
     return True
+
+
+def _has_dynamic_servers(runtime: Runtime, config: str, reloads: bool, report: Report) -> bool:
+    """Ask the running haproxy its version: one without dynamic servers is not sent `add server`;
+    it gets the change by reload, or the file waits for one (a warning, not an error: the seed's way)."""
+    version = runtime.version()
+    why_not = version.without_dynamic_servers() if version else None
+    if why_not is None:
+        log.info("haproxy %s on %s has dynamic servers: applying the change live", version or "(no version said)",
+                 runtime.address)
+        return True
+    report.runtime = "unsupported"
+    if reloads:
+        log.info("%s; reloading instead", why_not)
+    else:
+        log.warning("warning: %s; %s is updated: reload haproxy to apply it, or give -h", why_not, config)
+    return False
+
+
+def _say_why_not_live(no_runtime: bool, haproxy: HostHaproxy | ContainerHaproxy | None) -> None:
+    """With -v: why the change reaches haproxy only by reload, and which haproxy that is."""
+    if not log.isEnabledFor(logging.INFO):
+        return  # `haproxy -v` costs a process or an exec: only for this line
+    why = "--no-runtime" if no_runtime else "no stats socket at level admin (in global, or --runtime-socket)"
+    version = haproxy.version() if haproxy else None
+    which = f"haproxy {version} ({haproxy.where})" if haproxy and version else "haproxy"
+    log.info("%s: the change reaches %s only by a reload (-h/-r)", why, which)
 
 
 def _runtime_address(options: HaproxyOptions, settings: GlobalSettings) -> str | None:

@@ -290,3 +290,59 @@ def test_the_container_list_gives_the_same_backend_as_inspect(status: str, healt
                                          ("web\nserver x", "'web\\nserver x'"), ("a b", "'a b'"), ("", "''")])
 def test_user_input_in_messages_is_quoted_unless_plain(text: str, shown: str) -> None:
     assert hdc.quoted(text) == shown
+
+
+@pytest.mark.parametrize("said, text, branch", [
+    ("Name: HAProxy\nVersion: 2.2.9-2+deb11u7\nRelease_date: 2025/04/23\n", "2.2.9-2+deb11u7", (2, 2)),  # show info
+    ("HA-Proxy version 2.2.9-2+deb11u7 2025/04/23 - https://haproxy.org/\n", "2.2.9-2+deb11u7", (2, 2)),  # -v, 2.2
+    ("HAProxy version 3.0.11-1+deb13u5 2026/11/18 - https://haproxy.org/\nStatus: long-term supported branch",
+     "3.0.11-1+deb13u5", (3, 0)),
+    ("Version: 3.2-dev5-1a2b3c\n", "3.2-dev5-1a2b3c", (3, 2)),
+    ("Version: 2.10.1\n", "2.10.1", (2, 10)),
+])
+def test_haproxy_versions_parse(said: str, text: str, branch: tuple[int, int]) -> None:
+    assert hdc.parse_haproxy_version(said) == hdc.HaproxyVersion(text, branch)
+
+
+@pytest.mark.parametrize("said", ["", "Unknown command. Please enter one of the following commands only :\n",
+                                  "Name: HAProxy\nVersion:\n"])
+def test_no_version_is_none(said: str) -> None:
+    assert hdc.parse_haproxy_version(said) is None
+
+
+@pytest.mark.parametrize("branch, why_not", [
+    ((1, 8), "haproxy 1.8 has no dynamic servers"),
+    ((2, 2), "haproxy 2.2 has no dynamic servers"),
+    ((2, 4), "haproxy 2.4 has dynamic servers only in experimental mode"),
+    ((2, 5), None), ((2, 6), None), ((2, 10), None), ((3, 0), None),
+])
+def test_which_versions_take_servers_live(branch: tuple[int, int], why_not: str | None) -> None:
+    assert hdc.HaproxyVersion("x", branch).without_dynamic_servers() == why_not
+
+
+#: What the masters of hdc-haproxy:2.2, :2.6 and :3.0 logged after SIGUSR2 (tests/test_versions.py).
+RELOAD_LOGS_2_2_OK = ("[WARNING] 332/182745 (1) : Reexecuting Master process\n"
+                      "[NOTICE] 332/182745 (1) : New worker #1 (11) forked\n"
+                      "[WARNING] 332/182746 (8) : Stopping frontend GLOBAL in 0 ms.\n")
+RELOAD_LOGS_2_2_FAILED = ("[WARNING] 332/182747 (1) : Reexecuting Master process\n"
+                          "[ALERT] 332/182747 (1) : Fatal errors found in configuration.\n"
+                          "[WARNING] 332/182747 (1) : Reexecuting Master process in waitpid mode\n"
+                          "[WARNING] 332/182747 (1) : Reexecuting Master process\n")
+RELOAD_LOGS_2_6_OK = ("[NOTICE]   (1) : Reloading HAProxy\n[NOTICE]   (1) : New worker (13) forked\n"
+                      "[NOTICE]   (1) : Loading success.\n[WARNING]  (1) : Former worker (9) exited with code 0 (Exit)\n")
+RELOAD_LOGS_3_0_FAILED = ("[NOTICE]   (1) : Reloading HAProxy\n"
+                          "[ALERT]    (1) : config : Fatal errors found in configuration.\n"
+                          "[WARNING]  (1) : Loading failure!\n")
+
+
+@pytest.mark.parametrize("logs, outcome", [
+    (RELOAD_LOGS_2_2_OK, (True, "[NOTICE] 332/182745 (1) : New worker #1 (11) forked")),
+    (RELOAD_LOGS_2_2_FAILED, (False, "[WARNING] 332/182747 (1) : Reexecuting Master process in waitpid mode")),
+    (RELOAD_LOGS_2_6_OK, (True, "[NOTICE]   (1) : Loading success.")),
+    (RELOAD_LOGS_3_0_FAILED, (False, "[WARNING]  (1) : Loading failure!")),
+    ("[WARNING] 332/182745 (1) : Reexecuting Master process\n", (None, "")),  # 2.2, still loading
+    ("[NOTICE]   (1) : Reloading HAProxy\n[NOTICE]   (1) : New worker (13) forked\n", (None, "")),  # 2.6: not yet
+    ("", (None, "")),
+])
+def test_a_reload_is_recognised_in_each_versions_log(logs: str, outcome: tuple) -> None:
+    assert hdc.reload_outcome(logs) == outcome

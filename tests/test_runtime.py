@@ -123,6 +123,8 @@ def test_hot_restart_passes_the_listeners_with_x(tmp_path, make_container, hapro
     result = cli(cfg, "-a", c.short_id, "--no-runtime", "-h", str(cfg.pidfile), "-v")
     assert result.returncode == 0
     assert f" -x {cfg.sock} -sf " in result.stderr
+    version = subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout.split()[2]
+    assert f"--no-runtime: the change reaches haproxy {version} (" in result.stderr
     assert http_get(cfg.port) == c.short_id
 
 

@@ -1,0 +1,212 @@
+"""The core scenarios against each haproxy LTS line users run, in a container built from Debian's own
+package (scripts/build-haproxy-versions.sh): 2.2 (bullseye), 2.6 (bookworm), 3.0 (trixie)."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import secrets
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import CLI, LABEL, RUN, ask_haproxy, http_get, run_cli, write_config
+from docker.models.containers import Container
+
+import haproxy_docker_config as hdc
+import load  # bench/load.py (conftest puts bench/ on the path)
+
+#: What each version's Runtime API does with an --add/--delete, as these tests measure it.
+RUNTIME = {"2.2": "unsupported", "2.6": "applied", "3.0": "applied"}
+LISTEN_LABEL = "haproxy-docker-config.listen"
+
+
+@dataclasses.dataclass
+class Proxy:
+    """haproxy -W as PID 1 of hdc-haproxy:VERSION; config bind-mounted read-only, the stats socket and
+    the server state file on mounted directories, the frontend published on 127.0.0.1."""
+
+    version: str
+    listener: str  # unique: a --watch of another suite on this dockerd never sees our labels
+    cfg: Path
+    port: int
+    sock: Path
+    state: Path
+    container: Container
+    gateway: str  # where the container reaches ports published on the host
+
+    def cli(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return run_cli("-f", str(self.cfg), "-l", self.listener, "--haproxy-container", self.container.name,
+                       "--host-ip", self.gateway, "--runtime-socket", str(self.sock), *args, env=env)
+
+    def reload_args(self) -> tuple[str, ...]:
+        """-h where the Runtime API cannot add servers: what the user of that version gives."""
+        return ("-h",) if RUNTIME[self.version] == "unsupported" else ()
+
+    @property
+    def package(self) -> str:
+        """Debian's version of the haproxy package in the image: what haproxy says it is."""
+        return self.container.image.labels["hdc-haproxy-package"]
+
+    def servers(self) -> set[str]:
+        return {ln.split()[1] for ln in self.cfg.read_text().splitlines() if ln.strip().startswith("server ")}
+
+
+@pytest.fixture(params=sorted(RUNTIME))
+def proxy(request, tmp_path, docker_client) -> Iterator[Proxy]:
+    version, listener = request.param, f"v{secrets.token_hex(4)}"
+    (tmp_path / "run").mkdir()
+    (tmp_path / "lib").mkdir()
+    written = write_config(tmp_path, listener=listener, stats_socket=False)
+    text = written.path.read_text().replace("global\n", "global\n    stats socket /run/haproxy/admin.sock mode 600 "
+                                            "level admin expose-fd listeners\n"
+                                            "    server-state-file /var/lib/haproxy/server-state\n")
+    text = text.replace("defaults\n", "defaults\n    load-server-state-from-file global\n")
+    written.path.write_text(text.replace(f"bind 127.0.0.1:{written.port}", "bind :8080"))
+    container = docker_client.containers.run(
+        f"hdc-haproxy:{version}", detach=True, labels={LABEL: RUN}, ports={"8080/tcp": ("127.0.0.1", written.port)},
+        volumes={str(written.path): {"bind": "/usr/local/etc/haproxy/haproxy.cfg", "mode": "ro"},
+                 str(tmp_path / "run"): {"bind": "/run/haproxy", "mode": "rw"},
+                 str(tmp_path / "lib"): {"bind": "/var/lib/haproxy", "mode": "rw"}})
+    try:
+        sock = tmp_path / "run" / "admin.sock"
+        wait_until(lambda: sock.exists(), 10, lambda: container.logs().decode())
+        ipam = docker_client.networks.get("bridge").attrs["IPAM"]["Config"][0]
+        gateway = ipam.get("Gateway") or str(next(ipaddress.ip_network(ipam["Subnet"]).hosts()))
+        yield Proxy(version, listener, written.path, written.port, sock, tmp_path / "lib" / "server-state",
+                    container, gateway)
+    finally:
+        container.remove(force=True)
+
+
+def wait_until(predicate, timeout: float, why=lambda: "") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out; {why()}"
+        time.sleep(0.05)
+
+
+def answers(port: int, n: int = 12) -> set[str | None]:
+    """Who answers n requests through haproxy (None: a failed request)."""
+    def get() -> str | None:
+        try:
+            return http_get(port)
+        except OSError:
+            return None
+    return {get() for _ in range(n)}
+
+
+def serves_exactly(proxy: Proxy, names: set[str], timeout: float = 10) -> None:
+    wait_until(lambda: answers(proxy.port) == names, timeout, lambda: f"answers {answers(proxy.port)}")
+
+
+def test_add_and_delete_live_or_by_reload_and_validate_in_the_container(proxy, make_container) -> None:
+    for said in (ask_haproxy(proxy.sock, "show info"), proxy.container.exec_run(["haproxy", "-v"]).output.decode()):
+        version = hdc.parse_haproxy_version(said)
+        assert version is not None and version.text == proxy.package and "%d.%d" % version.branch == proxy.version
+    a, b, c = (make_container(host_ip="") for _ in range(3))
+    first = proxy.cli("-a", a.short_id, "-h", "--no-runtime")  # a is in the file haproxy loads: a static server
+    assert first.returncode == 0, first.stderr
+    serves_exactly(proxy, {a.short_id})
+    added = proxy.cli("-a", f"{b.short_id},{c.short_id}", *proxy.reload_args(), "--json", "-v")
+    doc = json.loads(added.stdout)
+    assert (added.returncode, doc["runtime"], doc["restarted"]) == (0, RUNTIME[proxy.version],
+                                                                    RUNTIME[proxy.version] == "unsupported")
+    if RUNTIME[proxy.version] == "unsupported":  # not even tried; one line says why
+        assert f"haproxy {proxy.version} has no dynamic servers; reloading instead\n" in added.stderr
+        assert "runtime> add server" not in added.stderr
+        assert "haproxy in container %s reloaded: " % proxy.container.name in added.stderr
+    else:
+        assert f"haproxy {proxy.package} on {proxy.sock} has dynamic servers: applying the change live\n" \
+            in added.stderr
+    serves_exactly(proxy, {a.short_id, b.short_id, c.short_id})
+    deleted = proxy.cli("-d", f"{a.short_id},{b.short_id}", *proxy.reload_args(), "--json")
+    assert (deleted.returncode, json.loads(deleted.stdout)["runtime"]) == (0, RUNTIME[proxy.version]), deleted.stderr
+    assert deleted.stderr == ""
+    serves_exactly(proxy, {c.short_id})
+    assert proxy.servers() == {c.short_id}
+    # validated in the container (no haproxy on this PATH): a change it rejects leaves the file
+    proxy.cfg.write_text(proxy.cfg.read_text().replace("$port check inter 2000", "$port check bogus-keyword"))
+    before = proxy.cfg.read_bytes()
+    rejected = proxy.cli("-a", a.short_id, *proxy.reload_args(), env={"PATH": f"{CLI.parent}:/usr/bin:/bin"})
+    assert (rejected.returncode, rejected.stderr.splitlines()[0]) == (
+        5, f"ERROR: haproxy rejects the changed {proxy.cfg}; the file is left untouched")
+    assert "unknown keyword 'bogus-keyword'" in rejected.stderr and str(proxy.cfg) in rejected.stderr
+    assert proxy.cfg.read_bytes() == before
+
+
+def test_reloads_through_the_master_lose_nothing_and_report_failure(proxy, make_container) -> None:
+    a, b = (make_container(host_ip="") for _ in range(2))
+    assert proxy.cli("-a", a.short_id, "-h", "--no-runtime").returncode == 0
+    serves_exactly(proxy, {a.short_id})
+    outcome = load.Outcome()
+    with load.Load(proxy.port, 3, outcome):
+        for step in (("-a", b.short_id), ("-d", a.short_id)):
+            result = proxy.cli(*step, "-h", "--no-runtime", "-v")
+            assert result.returncode == 0, result.stderr
+            assert (f"--no-runtime: the change reaches haproxy {proxy.package} (haproxy -v in container "
+                    f"{proxy.container.name}) only by a reload (-h/-r)\n") in result.stderr
+            assert f"haproxy in container {proxy.container.name} reloaded: " in result.stderr
+            time.sleep(0.5)
+    assert outcome.failures == [] and len(outcome.latencies) > 50
+    assert {a.short_id, b.short_id} == set(outcome.first_served)
+    serves_exactly(proxy, {b.short_id})
+    # the server state file: b, put in maintenance, stays out of the reloaded haproxy
+    ask_haproxy(proxy.sock, f"disable server {proxy.listener}/{b.short_id}")
+    result = proxy.cli("-a", a.short_id, "-h", "--no-runtime", "--state-file", str(proxy.state), "-v")
+    assert result.returncode == 0 and f"saved the servers' state to {proxy.state}" in result.stderr
+    serves_exactly(proxy, {a.short_id})
+    assert answers(proxy.port, 30) == {a.short_id}
+    # a reload the master fails: haproxy -c accepts an address no interface has, binding it fails
+    proxy.cfg.write_text(proxy.cfg.read_text().replace("    bind :8080\n", "    bind :8080\n    bind 192.0.2.1:80\n"))
+    result = proxy.cli("-d", a.short_id, "-h", "--no-runtime")
+    lines = result.stderr.splitlines()
+    assert (result.returncode, lines[0]) == (5, f"ERROR: haproxy in container {proxy.container.name} failed to "
+                                                "reload; the old workers keep serving")
+    assert "cannot bind socket" in result.stderr and all(ln.startswith("  ") for ln in lines[1:])
+    assert answers(proxy.port, 30) == {a.short_id}
+
+
+def test_watch_follows_a_labelled_container_in_and_out(proxy, docker_client) -> None:
+    log = proxy.cfg.with_name("watch.log")
+    with log.open("w") as err:
+        watcher = subprocess.Popen([str(CLI), "-f", str(proxy.cfg), "-l", proxy.listener, "--watch", "-v",
+                                    "--haproxy-container", proxy.container.name, "--host-ip", proxy.gateway,
+                                    "--runtime-socket", str(proxy.sock), *proxy.reload_args()],
+                                   stdout=subprocess.DEVNULL, stderr=err)
+    app = None
+    try:
+        app = docker_client.containers.run("hdc-test-httpd:latest", detach=True, ports={"8080/tcp": ("", None)},
+                                           labels={LISTEN_LABEL: proxy.listener, LABEL: RUN})
+        serves_exactly(proxy, {app.short_id}, timeout=15)
+        threading.Thread(target=app.stop, kwargs={"timeout": 5}).start()  # docker stop: it leaves
+        wait_until(lambda: proxy.servers() == set(), 15, log.read_text)
+        wait_until(lambda: app.short_id not in answers(proxy.port), 10, log.read_text)
+        watcher.send_signal(signal.SIGTERM)
+        assert watcher.wait(timeout=30) == 0
+        assert f"added {proxy.listener}/{app.short_id}" in log.read_text()
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+            watcher.wait()
+        if app is not None:
+            app.remove(force=True)
+
+
+@pytest.mark.parametrize("proxy", ["2.2"], indirect=True)
+def test_without_dynamic_servers_and_without_h_the_file_waits_for_a_reload(proxy, make_container) -> None:
+    a = make_container(host_ip="")
+    result = proxy.cli("-a", a.short_id, "--json")
+    assert (result.returncode, json.loads(result.stdout)["runtime"]) == (0, "unsupported")
+    assert result.stderr == (f"warning: haproxy 2.2 has no dynamic servers; {proxy.cfg} is updated: "
+                             "reload haproxy to apply it, or give -h\n")
+    assert proxy.servers() == {a.short_id} and answers(proxy.port) == {None}  # haproxy has not got it yet
+    with pytest.raises(hdc.HaproxyError) as refused:  # 2.2 answers an unknown command with its whole help
+        hdc.Runtime(str(proxy.sock)).ask(f"del server {proxy.listener}/{a.short_id}", "Server deleted")
+    assert str(refused.value) == (f"haproxy refused 'del server {proxy.listener}/{a.short_id}': "
+                                  "Unknown command. Please enter one of the following commands only :")
