@@ -32,13 +32,15 @@ build() {  # build TAG SUITE: one image, its log in $tmp/TAG.log
         --customize-hook='rm -rf "$1/var/cache/debconf"/*-old "$1/var/log"/*' \
         "$suite" "$root" "deb $MIRROR $suite main" "deb $SECURITY $suite-security main"
     local full
-    full="$(tar -xOf "$root" ./var/lib/dpkg/status | awk '/^Package:/{p=($2=="haproxy")} p&&/^Version:/{v=$2} END{print v}')"
+    full="$(tar -xOf "$root" ./var/lib/dpkg/status |
+            awk '/^Package:/{p=($2=="haproxy")} p&&/^Version:/{v=$2} END{print v}')"
     docker import \
         -c 'CMD ["/usr/sbin/haproxy","-W","-db","-f","/usr/local/etc/haproxy/haproxy.cfg"]' \
         -c "LABEL hdc-haproxy-versions=$VERSION hdc-haproxy-debian=$suite hdc-haproxy-package=$full" \
         - "hdc-haproxy:$tag" <"$root" >/dev/null
     rm -f "$root"
-    echo "build-haproxy-versions: built hdc-haproxy:$tag (haproxy $full from $suite) in $((SECONDS - started)) s"
+    echo "build-haproxy-versions: built hdc-haproxy:$tag (haproxy $full from $suite)" \
+         "in $((SECONDS - started)) s"
 }
 
 tmp="$(mktemp -d)"

@@ -329,7 +329,8 @@ RELOAD_LOGS_2_2_FAILED = ("[WARNING] 332/182747 (1) : Reexecuting Master process
                           "[WARNING] 332/182747 (1) : Reexecuting Master process in waitpid mode\n"
                           "[WARNING] 332/182747 (1) : Reexecuting Master process\n")
 RELOAD_LOGS_2_6_OK = ("[NOTICE]   (1) : Reloading HAProxy\n[NOTICE]   (1) : New worker (13) forked\n"
-                      "[NOTICE]   (1) : Loading success.\n[WARNING]  (1) : Former worker (9) exited with code 0 (Exit)\n")
+                      "[NOTICE]   (1) : Loading success.\n"
+                      "[WARNING]  (1) : Former worker (9) exited with code 0 (Exit)\n")
 RELOAD_LOGS_3_0_FAILED = ("[NOTICE]   (1) : Reloading HAProxy\n"
                           "[ALERT]    (1) : config : Fatal errors found in configuration.\n"
                           "[WARNING]  (1) : Loading failure!\n")
