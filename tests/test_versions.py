@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CLI, LABEL, RUN, ask_haproxy, http_get, run_cli, write_config
+from conftest import CLI, LABEL, RUN, ask_haproxy, http_get, run_cli, wait_until, write_config
 from docker.models.containers import Container
 
 import haproxy_docker_config as hdc
@@ -82,13 +82,6 @@ def proxy(request, tmp_path, docker_client) -> Iterator[Proxy]:
                     container, gateway)
     finally:
         container.remove(force=True)
-
-
-def wait_until(predicate, timeout: float, why=lambda: "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out; {why()}"
-        time.sleep(0.05)
 
 
 def answers(port: int, n: int = 12) -> set[str | None]:
