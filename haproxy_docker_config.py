@@ -13,6 +13,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import difflib
+import functools
 import fcntl
 import hashlib
 import io
@@ -55,6 +56,11 @@ HEALTH_GRACE = 30.0
 #: --watch --metrics: a pass runs after this many seconds without events, so that "synced" stays true.
 IDLE_RESYNC = 10.0
 METRICS_PREFIX = "haproxy_docker_config"
+DEFAULT_SWARM_POLL = 1.0
+#: --watch polls the tasks this often (at most) while one is about to run: it runs within a second or so.
+STARTING_POLL = 0.2
+#: Task states of a task on its way to `running` (after `pending`: it has a node).
+STARTING_STATES = ("assigned", "accepted", "preparing", "ready", "starting")
 
 EXIT_OK = 0
 EXIT_NOT_BALANCED = 1
@@ -70,8 +76,8 @@ EXIT_STATUS_HELP = """exit status:
   2  usage error (bad option, malformed id list or port)
   3  haproxy config problem (missing or unparsable file, unknown listener,
      no template, file already rejected by haproxy, cannot lock or write)
-  4  Docker problem (engine unreachable, unknown or stopped container,
-     no published port)
+  4  Docker problem (engine unreachable, unknown or stopped container or
+     service, no published port, no network or port to reach it on)
   5  haproxy rejected the change, or its restart failed
   (an unexpected error is one line too, with status 3; -v shows the traceback)"""
 
@@ -123,6 +129,8 @@ WILDCARD_IPS = ("", "0.0.0.0", "::")
 LABEL_LISTEN = "haproxy-docker-config.listen"
 LABEL_PORT = "haproxy-docker-config.port"
 LABEL_NETWORK = "haproxy-docker-config.network"
+#: The label Docker gives the container of a swarm task.
+TASK_LABEL = "com.docker.swarm.task.id"
 #: Docker's own networks; every other network is user-defined (`docker network create`, Compose).
 DEFAULT_NETWORKS = ("bridge", "host", "none")
 #: Container events, and network events, that can change which containers a listener should hold.
@@ -130,6 +138,8 @@ WATCH_EVENTS = ("start", "die", "stop", "kill", "pause", "unpause", "destroy", "
                 "connect", "disconnect")
 #: Signals of `kill` events that end a container (docker stop sends 15): drain it at once.
 STOP_SIGNALS = ("2", "3", "9", "15")
+#: Service and node events of a swarm manager: a service created, scaled, updated or removed, a node drained.
+SWARM_EVENTS = ("create", "update", "remove")
 #: What each template variable may look like in a server line the tool wrote.
 VARIABLE_PATTERNS = {"id": "[0-9a-f]{12}", "name": "[A-Za-z0-9][A-Za-z0-9_.-]*", "ip": r"\S+", "port": "[0-9]+"}
 
@@ -327,6 +337,7 @@ class Backend:
     exposed: tuple[int, ...]  # tcp ports, published or not
     published: dict[str, Any]  # in the shape of an inspect's NetworkSettings.Ports
     host_ip: str  # where the engine publishes ports
+    service: str | None = None  # the swarm service of a task's container (reached on the service's network)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -371,6 +382,55 @@ def backend_from_list(entry: dict[str, Any], host_ip: str) -> Backend:
                    _tcp_ports(f"{p['PrivatePort']}/{p.get('Type', 'tcp')}" for p in ports), list_ports(ports), host_ip)
 
 
+def task_runs(task: dict[str, Any]) -> bool:
+    """Whether a task of GET /tasks is meant to run and does, in a container (desired and actual state)."""
+    status = task.get("Status") or {}
+    return task.get("DesiredState") == "running" and status.get("State") == "running" and _has_container(task)
+
+
+def _has_container(task: dict[str, Any]) -> bool:
+    return bool(((task.get("Status") or {}).get("ContainerStatus") or {}).get("ContainerID"))
+
+
+def task_name(task: dict[str, Any], service: str) -> str:
+    """The name Docker gives a task's container: SERVICE.SLOT.TASKID (SERVICE.NODEID.TASKID when global)."""
+    return f"{service}.{task.get('Slot') or task.get('NodeID', '')}.{task['ID']}"
+
+
+def _task_networks(task: dict[str, Any]) -> dict[str, NetworkAddress]:
+    """A task's addresses by network name; not the ingress network, which only leads to the service VIP."""
+    networks = {}
+    for attachment in task.get("NetworksAttachments") or ():
+        network = attachment.get("Network") or {}
+        spec = network.get("Spec") or {}
+        if spec.get("Ingress") or not spec.get("Name"):
+            continue
+        addresses = [a.partition("/")[0] for a in attachment.get("Addresses") or ()]
+        networks[spec["Name"]] = NetworkAddress(network.get("ID", ""), next((a for a in addresses if ":" not in a), ""),
+                                                next((a for a in addresses if ":" in a), ""))
+    return networks
+
+
+def service_ports(service: dict[str, Any]) -> tuple[int, ...]:
+    """The tcp target ports a service publishes (its containers' side of `--publish`)."""
+    ports = ((service.get("Spec") or {}).get("EndpointSpec") or {}).get("Ports") or ()
+    return tuple(sorted({p["TargetPort"] for p in ports if p.get("Protocol", "tcp") == "tcp" and p.get("TargetPort")}))
+
+
+def backend_from_task(task: dict[str, Any], service: dict[str, Any], exposed: tuple[int, ...]) -> Backend:
+    """A Backend from a task of GET /tasks: its container, on whichever node of the swarm it runs.
+
+    It carries its service's labels (where a service says its listener, port and network) and is
+    always reached on a network: the service VIP is never used, haproxy balances every task itself."""
+    name = (service.get("Spec") or {}).get("Name", "")
+    status = task.get("Status") or {}
+    cid = (status.get("ContainerStatus") or {}).get("ContainerID", "")
+    container = task_name(task, name)
+    return Backend(cid, container, container, frozenset({cid, cid[:12], container}),
+                   (service.get("Spec") or {}).get("Labels") or {}, "running" if task_runs(task) else status.get("State", ""),
+                   None, _task_networks(task), exposed, {}, "", name)
+
+
 def is_backed(name: str, backends: list[Backend]) -> bool:
     """Whether a server name belongs to one of these containers."""
     return any(name in b.aliases or (len(name) >= 12 and b.id.startswith(name)) for b in backends)
@@ -382,8 +442,9 @@ def chosen_port(backend: Backend, given: int | None) -> int | None:
     if given is not None or label is None:
         return given
     if not label.isdigit() or not 1 <= int(label) <= 65535:
-        raise DockerError(f"container {backend.shown} has label {LABEL_PORT}={label!r}, which is not a port "
-                          f"in 1..65535; fix the label or give {backend.shown}:PORT")
+        what, ref = _subject(backend)
+        raise DockerError(f"{what} has label {LABEL_PORT}={label!r}, which is not a port "
+                          f"in 1..65535; fix the label or give {ref}:PORT")
     return int(label)
 
 
@@ -408,7 +469,7 @@ class OnNetwork:
         address = self._address(backend)
         if address is None:
             on = ", ".join(sorted(backend.networks)) or "no network"
-            raise DockerError(f"container {backend.shown} is not attached to network {quoted(self.network)} "
+            raise DockerError(f"{_subject(backend)[0]} is not attached to network {quoted(self.network)} "
                               f"(it is on {on}); connect it or give another --network")
         return Endpoint(address.ipv4 or address.ipv6, port or _exposed_port(backend), self.network)
 
@@ -423,15 +484,33 @@ class OnNetwork:
         return None
 
 
+def _service_network(backend: Backend) -> str:
+    """The one network a task's service is attached to; several or none is an error naming them."""
+    if len(backend.networks) == 1:
+        return next(iter(backend.networks))
+    if backend.networks:
+        raise DockerError(f"service {backend.service} is on several networks ({', '.join(sorted(backend.networks))}); "
+                          f"give --network NAME or the service label {LABEL_NETWORK}=NAME")
+    raise DockerError(f"service {backend.service} is on no network but ingress, which leads only to its VIP; "
+                      f"attach it to an overlay network (docker service update --network-add NAME)")
+
+
+def _subject(backend: Backend) -> tuple[str, str]:
+    """How a message names a backend, and what to give as WHAT:PORT: the service for a task."""
+    if backend.service is not None:
+        return f"service {backend.service}", backend.service
+    return f"container {backend.shown}", backend.shown
+
+
 def _exposed_port(backend: Backend) -> int:
     """The one tcp port a container exposes (image EXPOSE, --expose, or published)."""
     if len(backend.exposed) == 1:
         return backend.exposed[0]
+    what, ref = _subject(backend)
     if backend.exposed:
         listed = ", ".join(map(str, backend.exposed))
-        raise PortError(f"container {backend.shown} exposes several tcp ports ({listed}); give {backend.shown}:PORT")
-    raise PortError(f"container {backend.shown} exposes no tcp port; give {backend.shown}:PORT "
-                    f"or the label {LABEL_PORT}=PORT")
+        raise PortError(f"{what} exposes several tcp ports ({listed}); give {ref}:PORT")
+    raise PortError(f"{what} exposes no tcp port; give {ref}:PORT or the label {LABEL_PORT}=PORT")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -443,10 +522,13 @@ class Addressing:
     haproxy: str | None = None
 
     def reach_for(self, backend: Backend) -> Published | OnNetwork:
-        """The container's label wins, then --network, then the one network it shares with haproxy's container."""
+        """The container's (or service's) label wins, then --network, then the one network a task's service
+        is on, or the one network a container shares with haproxy's container."""
         chosen = backend.labels.get(LABEL_NETWORK) or self.network
         if chosen:
             return OnNetwork(chosen)
+        if backend.service is not None:
+            return OnNetwork(_service_network(backend))
         shared = sorted(set(backend.networks) & (self.shared_with or frozenset()))
         if len(shared) > 1:
             raise DockerError(f"container {backend.shown} shares several networks with haproxy's container "
@@ -794,6 +876,8 @@ class Mode:
     coalesce: float = DEFAULT_COALESCE
     metrics: tuple[str, int] | None = None  # --watch: serve /metrics and /healthz here
     log_format: str = "plain"
+    services: tuple[str, ...] = ()  # --service: the swarm services of the listener
+    swarm_poll: float = DEFAULT_SWARM_POLL
 
 
 ###############################################################################
@@ -979,6 +1063,8 @@ class Engine:
         self._api: Any = None
         self.answered_at = float("-inf")  # monotonic time of its last answered list call
         self.listed: list[Backend] = []  # what containers() last returned
+        self._role: str | None = None  # "manager", "worker" or "" (no swarm), once asked
+        self._image_ports: dict[str, tuple[int, ...]] = {}
 
     def describe(self) -> str:
         return self.url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
@@ -991,7 +1077,7 @@ class Engine:
 
     def forget(self) -> None:
         """Drop the connection, so the next use reconnects (after the engine restarted)."""
-        self._api = None
+        self._api, self._role = None, None
 
     def _connect(self) -> Any:
         import docker
@@ -1043,6 +1129,67 @@ class Engine:
             raise self._failure("list containers at", exc) from exc
         self.answered_at = time.monotonic()
         return listed
+
+    def _call(self, what: str, call: Callable[[], Any]) -> Any:
+        """A Docker API call; a failure is a DockerError saying what could not be done."""
+        import docker
+
+        try:
+            return call()
+        except docker.errors.DockerException as exc:
+            raise self._failure(what, exc) from exc
+
+    def swarm_role(self) -> str | None:
+        """"manager" or "worker" of a swarm, or None; asked once per connection (GET /info)."""
+        if self._role is None:
+            swarm = self._call("reach the Docker engine at", self.api.info).get("Swarm") or {}
+            active = swarm.get("LocalNodeState") == "active"
+            self._role = ("manager" if swarm.get("ControlAvailable") else "worker") if active else ""
+            log.info("%s is %s", self.describe(), f"a swarm {self._role}" if self._role else "not in a swarm")
+        return self._role or None
+
+    def tasks(self, filters: dict[str, list[str]]) -> list[dict[str, Any]]:
+        """GET /tasks: the swarm's tasks on every node (a manager only)."""
+        return self._call("list swarm tasks at", lambda: self.api.tasks(filters=filters))
+
+    def task_backends(self, wanted: Callable[[dict[str, Any]], bool], everything: bool = False) -> list[Backend]:
+        """The running tasks (every task with a container, with `everything`) of the services `wanted`
+        picks, on every node: GET /services and GET /tasks; none on an engine that is no manager."""
+        if self.swarm_role() != "manager":
+            return []
+        services = {s["ID"]: s for s in self._call("list swarm services at", self.api.services) if wanted(s)}
+        if not services:
+            return []
+        tasks = self.tasks({} if everything else {"desired-state": ["running"]})
+        return [backend_from_task(t, services[t["ServiceID"]], self._exposed(services[t["ServiceID"]]))
+                for t in tasks if t.get("ServiceID") in services and (_has_container(t) if everything else task_runs(t))]
+
+    def service(self, ref: str) -> dict[str, Any] | None:
+        """docker service inspect by name or id; None when there is none, or this engine is no manager."""
+        import docker
+
+        if self.swarm_role() != "manager":
+            return None
+        try:
+            return self.api.inspect_service(ref)
+        except docker.errors.NotFound:
+            return None
+        except docker.errors.DockerException as exc:
+            raise self._failure("reach the Docker engine at", exc) from exc
+
+    def _exposed(self, service: dict[str, Any]) -> tuple[int, ...]:
+        """A service's tcp ports: the target ports it publishes, and what its image EXPOSEs when this
+        engine has the image (asked once per image: an image does not change)."""
+        image = ((service["Spec"].get("TaskTemplate") or {}).get("ContainerSpec") or {}).get("Image", "")
+        if image not in self._image_ports:
+            import docker
+
+            attrs = None
+            for ref in dict.fromkeys(r for r in (image, image.partition("@")[0]) if r):
+                with contextlib.suppress(docker.errors.DockerException):
+                    attrs = attrs or self.api.inspect_image(ref)
+            self._image_ports[image] = _tcp_ports(((attrs or {}).get("Config") or {}).get("ExposedPorts"))
+        return tuple(sorted(set(service_ports(service)) | set(self._image_ports[image])))
 
     def network_name(self, ref: str) -> str:
         """The name of the network --network names (by name, id or id prefix)."""
@@ -1582,36 +1729,64 @@ class Report:
         return EXIT_NOT_BALANCED if bad and self.action in ("check", "verify") else EXIT_OK
 
 
+Edit = Callable[[Listener], list[Result]]
+
+
 def add_containers(listener: Listener, refs: list[ContainerRef], engine: Engine,
                    addressing: Addressing) -> list[Result]:
-    """Render one server line per container and put it in the section; all or nothing."""
+    """Render one server line per container (per running task of a service) and put it in the
+    section; all or nothing."""
     _, template, indent = listener.template()
     lines: dict[str, tuple[ContainerRef, Endpoint, str]] = {}
     for ref in refs:
-        backend = running_backend(ref, engine.inspect(ref.ref), engine.host_ip)
-        endpoint = addressing.endpoint(backend, ref.port)
-        line = render_template(template, template_values(backend, endpoint))
-        if server_name(line) in lines:
-            raise UsageError(f"{ref.ref} and {lines[server_name(line)][0].ref} are the same container; give it once")
-        lines[server_name(line)] = (ref, endpoint, line)
+        for backend in resolve(ref, engine):
+            endpoint = addressing.endpoint(backend, ref.port)
+            line = render_template(template, template_values(backend, endpoint))
+            if server_name(line) in lines:
+                raise UsageError(f"{ref.ref} and {lines[server_name(line)][0].ref} are the same container; "
+                                 f"give it once")
+            lines[server_name(line)] = (ref, endpoint, line)
     for _, _, line in lines.values():
         listener.put_server(line, indent)
     return [Result(str(ref), "balanced", server_name(line), e.ip, e.port, network=e.network)
             for ref, e, line in lines.values()]
 
 
+def _every(service: dict[str, Any]) -> bool:
+    return True
+
+
+def resolve(ref: ContainerRef, engine: Engine) -> list[Backend]:
+    """The running container `ref` names; on a swarm manager, else the running tasks of the service it names."""
+    attrs = engine.inspect(ref.ref)
+    if attrs is not None or engine.swarm_role() != "manager":
+        return [running_backend(ref, attrs, engine.host_ip)]
+    service = engine.service(ref.ref)
+    if service is None:
+        raise DockerError(f"no such container or service {ref.ref}; check the id with docker ps or docker service ls")
+    tasks = engine.task_backends(lambda s: s["ID"] == service["ID"])
+    if not tasks:
+        raise DockerError(f"service {ref.ref} has no running task; see docker service ps {ref.ref}")
+    return tasks
+
+
 def _matching(listener: Listener, ref: ContainerRef, engine: Engine) -> set[str]:
-    """Server names of the section that stand for `ref`: exact names, then Docker's view."""
+    """Server names of the section that stand for `ref`: exact names, then Docker's view (a container,
+    or on a swarm manager every task of a service, past ones too)."""
     names = {server_name(v) for _, v in listener.servers()}
     direct = names & {ref.ref, ref.ref[:12]}
     if direct:
         return direct
     try:
         attrs = engine.inspect(ref.ref)
+        if attrs:
+            return names & container_aliases(attrs)
+        service = engine.service(ref.ref)
+        tasks = engine.task_backends(lambda s: s["ID"] == service["ID"], everything=True) if service else []
     except DockerError as exc:
         log.warning("warning: %s; matched %s by server name only", exc, ref.ref)
         return set()
-    return names & container_aliases(attrs) if attrs else set()
+    return names & {alias for task in tasks for alias in task.aliases}
 
 
 def delete_containers(listener: Listener, refs: list[ContainerRef], engine: Engine) -> list[Result]:
@@ -1633,9 +1808,15 @@ def check_containers(listener: Listener, refs: list[ContainerRef], engine: Engin
 
 
 def verify_servers(listener: Listener, engine: Engine, addressing: Addressing) -> list[Result]:
-    """A server is found when it names a running container that haproxy can reach the way it is addressed."""
+    """A server is found when it names a running container that haproxy can reach the way it is addressed,
+    or on a swarm manager a running task's container on any node (asked only when a server is not found
+    among the local containers)."""
     running = engine.running()
-    return [_server_result(value, "found" if _reachable(server_name(value), running, addressing) else "not_found")
+    found = {server_name(value): _reachable(server_name(value), running, addressing) for _, value in listener.servers()}
+    if not all(found.values()):
+        tasks = engine.task_backends(_every)
+        found = {name: ok or is_backed(name, tasks) for name, ok in found.items()}
+    return [_server_result(value, "found" if found[server_name(value)] else "not_found")
             for _, value in listener.servers()]
 
 
@@ -1693,25 +1874,35 @@ class Fleet:
         return self.known is None or is_backed(name, self.known)
 
 
+ServicePicker = Callable[[dict[str, Any]], bool]
+
+
 def gather(engines: list[Engine], filters: dict[str, list[str]], everything: bool = False,
-           excluded: frozenset[str] = frozenset()) -> Fleet:
-    """List the selected containers of every engine; an engine that is down keeps its servers.
+           excluded: frozenset[str] = frozenset(), services: ServicePicker | None = None) -> Fleet:
+    """List the selected containers of every engine, and on swarm managers the running tasks of the
+    services `services` picks; an engine that is down keeps its servers.
 
     `excluded`: ids that events said died or turned unhealthy, which the list may not show yet.
+    A task's container is listed once, as a task, also where its node's engine lists it too.
     """
-    selected, down = [], []
+    selected: dict[str, Backend] = {}
+    down = []
     for engine in engines:
         try:
-            selected += [b for b in engine.containers(filters, everything) if b.id not in excluded]
+            found = engine.containers(filters, everything) + (engine.task_backends(services) if services else [])
         except DockerError as exc:
             log.warning("warning: %s; its servers are left as they are", exc)
             down.append(engine)
+            continue
+        selected.update((b.id, b) for b in found if b.id not in excluded)
     if len(down) == len(engines):
         raise DockerError(f"no Docker engine answered ({', '.join(e.describe() for e in engines)}); "
                           f"start dockerd or check --docker-url")
     if not down:
-        return Fleet(selected)
-    return Fleet(selected, [b for e in engines if e not in down for b in e.containers({}, everything=True)])
+        return Fleet(list(selected.values()))
+    return Fleet(list(selected.values()), [b for e in engines if e not in down for b in
+                                           e.containers({}, everything=True) + e.task_backends(_every, True)])
+
 
 
 def desired_servers(template: str, fleet: Fleet, addressing: Addressing) -> dict[str, tuple[str, Endpoint]]:
@@ -1789,6 +1980,11 @@ def _action(args: argparse.Namespace) -> str:
     if args.filter and (action not in ("sync", "watch") or args.listen is None):
         raise UsageError("--filter selects the containers of one listener: give it with -l, "
                          "with --sync or --watch")
+    if args.service and (action not in ("sync", "watch") or args.listen is None):
+        raise UsageError("--service selects the swarm services of one listener: give it with -l, "
+                         "with --sync or --watch (--add SERVICE adds one service's tasks)")
+    if not args.swarm_poll > 0:
+        raise UsageError(f"--swarm-poll {args.swarm_poll:g} must be more than 0 seconds")
     return action
 
 
@@ -1808,7 +2004,8 @@ def _mode(args: argparse.Namespace) -> Mode:
                              not args.no_runtime, args.runtime_socket, args.drain_timeout, args.state_file)
     return Mode(action, args.listen, file, haproxy, _refs(args, action), parse_filters(args.filter or []),
                 tuple(args.docker_url or [None]), args.host_ip, args.network, args.coalesce,
-                parse_listen_address(args.metrics) if args.metrics else None, args.log_format)
+                parse_listen_address(args.metrics) if args.metrics else None, args.log_format,
+                tuple(args.service or ()), args.swarm_poll)
 
 
 def run(args: argparse.Namespace) -> Report:
@@ -1822,12 +2019,12 @@ def run(args: argparse.Namespace) -> Report:
     if mode.action in ("sync", "prune"):
         return sync(mode, mode.action, engines, set())
     if mode.action == "add":
-        return _write(mode.file, mode.haproxy, "add", mode.listener,
-                      lambda listener: add_containers(listener, list(mode.refs), engines[0],
-                                                      _addressing(mode, engines[0])), engines[0])
+        return _write(mode.file, mode.haproxy, Report(mode.listener, "add"), {
+            mode.listener: lambda listener: add_containers(listener, list(mode.refs), engines[0],
+                                                           _addressing(mode, engines[0]))}, engines[0])
     if mode.action == "delete":
-        return _write(mode.file, mode.haproxy, "delete", mode.listener,
-                      lambda listener: delete_containers(listener, list(mode.refs), engines[0]), engines[0])
+        return _write(mode.file, mode.haproxy, Report(mode.listener, "delete"), {
+            mode.listener: lambda listener: delete_containers(listener, list(mode.refs), engines[0])}, engines[0])
     path = Path(mode.file.path)
     listener = Listener(read_config(path), mode.listener, str(path))
     report = Report(mode.listener, mode.action)
@@ -1860,9 +2057,11 @@ def status(mode: Mode, engines: list[Engine]) -> Report:
     return Report(mode.listener, "status", status_servers(text, mode.file.path, names, runtime, engines))
 
 
-def _write(file: FileOptions, options: HaproxyOptions, action: str, name: str,
-           edit: Callable[[Listener], list[Result]], engine: Engine) -> Report:
-    """Edit one listener under the lock; write and restart only when the bytes really changed."""
+def _write(file: FileOptions, options: HaproxyOptions, report: Report, edits: dict[str, Edit], engine: Engine,
+           skip: bool = False) -> Report:
+    """Edit listeners under the lock, all in one text: one validation, one write, at most one restart,
+    and only when the bytes really changed. With `skip`, a listener the config lacks (or with no
+    template) is skipped with a warning instead of stopping the others."""
     path = Path(file.path)
     target = Path(os.path.realpath(path))
     haproxy = _haproxy(options, file.validate, engine)
@@ -1871,49 +2070,74 @@ def _write(file: FileOptions, options: HaproxyOptions, action: str, name: str,
         old = read_config(path)
         if not os.access(target, os.W_OK):
             raise ConfigError(f"{path} is read-only; make it writable or run as a user who may write it")
-        listener = Listener(old, name, str(path))
-        before = _server_lines(listener)
-        report = Report(name, action, edit(listener))
-        new = listener.text()
+        new, changes, listener = old, {}, None
+        for name, edit in edits.items():
+            try:
+                listener = Listener(new, name, str(path))
+                before = _server_lines(listener)
+                report.results += edit(listener)
+            except ConfigError as exc:
+                if not skip:
+                    raise
+                log.warning("warning: %s; listener %s skipped, the others are synced", exc, name)
+                continue
+            new = listener.text()
+            changes[name] = live_changes(before, _server_lines(listener))
         report.changed = new != old
         report.diff = unified_diff(str(path), old, new) if file.diff else None
         if report.changed:
-            _replace_and_apply(file, options, name, target, (old, new), haproxy, engine, report,
-                               live_changes(before, _server_lines(listener)))
+            _replace_and_apply(file, options, target, (old, new), haproxy, engine, report, changes)
         else:
             log.info("%s unchanged; nothing written, haproxy not restarted", path)
-        _finish(file, report, listener)
+        if listener is not None:
+            _finish(file, report, listener)
     return report
 
 
 def sync(mode: Mode, action: str, engines: list[Engine], remembered: set[str],
          excluded: frozenset[str] = frozenset()) -> Report:
-    """--sync / --prune: one pass over the listener -l, or every listener that labels name."""
+    """--sync / --prune: one pass over the listener -l, or every listener that labels name, in one write."""
+    fleets = _fleets(mode, action, engines, remembered, excluded)
+    if not fleets:
+        return Report(mode.listener, action)
+    reach = _addressing(mode, engines[0]) if action == "sync" else Addressing()
+    edits = {name: functools.partial(_sync_edit, action, name, fleet, reach) for name, fleet in fleets.items()}
+    report = _write(mode.file, mode.haproxy, Report(mode.listener, action), edits, engines[0],
+                    skip=mode.listener is None)
+    if mode.listener is None:
+        report.servers = None
+    return report
+
+
+def _sync_edit(action: str, name: str, fleet: Fleet, reach: Addressing, listener: Listener) -> list[Result]:
+    results = prune_listener(listener, fleet) if action == "prune" else sync_listener(listener, fleet, reach)
+    for result in results:
+        result.listener = name
+    return results
+
+
+def _fleets(mode: Mode, action: str, engines: list[Engine], remembered: set[str],
+            excluded: frozenset[str]) -> dict[str, Fleet]:
+    """What each listener should hold. Containers: --filter, else the listen label; services (on a
+    swarm manager): --service, else the service's listen label. --prune: everything that runs."""
     if action == "prune":
-        fleets = {mode.listener: gather(engines, {"status": ["running"]})}
-    elif mode.listener:
+        return {mode.listener: gather(engines, {"status": ["running"]}, services=_every)}
+    if mode.listener:
         default = {"label": [f"{LABEL_LISTEN}={mode.listener}"]}
         selection = dict(mode.filters or default, status=["running"])
-        fleets = {mode.listener: gather(engines, selection, excluded=excluded)}
-    else:
-        fleets = _labelled_fleets(gather(engines, {"label": [LABEL_LISTEN]}, True, excluded), remembered)
-    total = Report(mode.listener, action)
-    reach = _addressing(mode, engines[0]) if action == "sync" else Addressing()
-    for name, fleet in fleets.items():
-        def edit(listener: Listener, fleet: Fleet = fleet) -> list[Result]:
-            return prune_listener(listener, fleet) if action == "prune" else sync_listener(listener, fleet, reach)
-        try:
-            part = _write(mode.file, mode.haproxy, action, name, edit, engines[0])
-        except ConfigError as exc:
-            if mode.listener:
-                raise
-            log.warning("warning: %s; listener %s skipped, the others are synced", exc, name)
-            continue
-        for result in part.results:
-            result.listener = name
-        total.absorb(part)
-        total.servers = part.servers if mode.listener else None
-    return total
+        return {mode.listener: gather(engines, selection, excluded=excluded,
+                                      services=_service_picker(mode.listener, mode.services))}
+    labelled = gather(engines, {"label": [LABEL_LISTEN]}, True, excluded,
+                      lambda s: LABEL_LISTEN in (s["Spec"].get("Labels") or {}))
+    return _labelled_fleets(labelled, remembered)
+
+
+def _service_picker(listener: str, names: tuple[str, ...]) -> ServicePicker:
+    """The services of a listener: those named (name, id, or id prefix of 12 or more), else those labelled."""
+    if names:
+        return lambda s: any(n in (s["Spec"]["Name"], s["ID"]) or (len(n) >= 12 and s["ID"].startswith(n))
+                             for n in names)
+    return lambda s: (s["Spec"].get("Labels") or {}).get(LABEL_LISTEN) == listener
 
 
 def _labelled_fleets(fleet: Fleet, remembered: set[str]) -> dict[str, Fleet]:
@@ -1938,9 +2162,9 @@ def _haproxy(options: HaproxyOptions, validate: bool, engine: Engine) -> HostHap
     return HostHaproxy(haproxy_binary(options.binary))
 
 
-def _replace_and_apply(file: FileOptions, options: HaproxyOptions, name: str, target: Path,
-                       contents: tuple[str, str], haproxy: HostHaproxy | ContainerHaproxy | None, engine: Engine,
-                       report: Report, changes: tuple[list[str], list[str]]) -> None:
+def _replace_and_apply(file: FileOptions, options: HaproxyOptions, target: Path, contents: tuple[str, str],
+                       haproxy: HostHaproxy | ContainerHaproxy | None, engine: Engine, report: Report,
+                       changes: dict[str, tuple[list[str], list[str]]]) -> None:
     """Replace the file, then apply it live or restart; an unvalidated change is rolled back
     if the restart fails."""
     old, new = contents
@@ -1949,14 +2173,16 @@ def _replace_and_apply(file: FileOptions, options: HaproxyOptions, name: str, ta
         log.warning("warning: --no-validate: %s is replaced without haproxy -c", file.path)
     settings = global_settings(old)
     runtime = None if file.dry_run else _runtime_address(options, settings)
-    with concurrent.futures.ThreadPoolExecutor(1) as pool, _draining_first(runtime, name, changes[1]):
+    with concurrent.futures.ThreadPoolExecutor(1) as pool, contextlib.ExitStack() as draining:
+        for name, (_, removals) in changes.items():
+            draining.enter_context(_draining_first(runtime, name, removals))
         asked = pool.submit(in_place_reason, target, file.write_in_place, None if file.dry_run else engine)
         _replace(target, file.path, old, new, checker, file.dry_run, asked.result)
     if file.dry_run:
         return
     in_place = asked.result()
     try:
-        if not _applied_live(options, file.path, name, settings, changes, report, haproxy):
+        if not _applied_live(options, file.path, settings, changes, report, haproxy):
             report.restarted = _restart(options, file.path, haproxy, settings)
     except HaproxyError as exc:
         if checker is not None:
@@ -2023,11 +2249,11 @@ def _validate(checker: HostHaproxy | ContainerHaproxy, candidate: Path, target: 
     raise HaproxyError(f"haproxy rejects the changed {shown}; the file is left untouched", alerts)
 
 
-def _applied_live(options: HaproxyOptions, shown: str, name: str, settings: GlobalSettings,
-                  changes: tuple[list[str], list[str]], report: Report,
+def _applied_live(options: HaproxyOptions, shown: str, settings: GlobalSettings,
+                  changes: dict[str, tuple[list[str], list[str]]], report: Report,
                   haproxy: HostHaproxy | ContainerHaproxy | None) -> bool:
-    """Apply the change through the Runtime API when there is an admin stats socket and the
-    haproxy behind it has dynamic servers."""
+    """Apply each listener's change through the Runtime API when there is an admin stats socket and
+    the haproxy behind it has dynamic servers."""
     address = _runtime_address(options, settings)
     if address is None:
         _say_why_not_live(not options.runtime, haproxy)
@@ -2036,7 +2262,8 @@ def _applied_live(options: HaproxyOptions, shown: str, name: str, settings: Glob
     try:
         if not _has_dynamic_servers(runtime, shown, options.reloads, report):
             return False
-        apply_live(runtime, name, *changes, options.drain_timeout)
+        for name, (upserts, removals) in changes.items():
+            apply_live(runtime, name, upserts, removals, options.drain_timeout)
     except RuntimeUnavailable as exc:
         log.info("%s; only the file is changed", exc)
         report.runtime = "unavailable"
@@ -2315,7 +2542,9 @@ def watch(mode: Mode, engines: list[Engine]) -> Report:
     handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         for engine in engines:  # each connection posts "connected", which starts with a full sync
-            threading.Thread(target=_follow, args=(engine, events, stop, observer), daemon=True).start()
+            threading.Thread(target=_follow, args=(engine, events, stop, observer, bool(mode.filters)),
+                             daemon=True).start()
+            threading.Thread(target=_poll_tasks, args=(engine, events, stop, mode.swarm_poll), daemon=True).start()
         while (burst := _next_burst(events, stop, mode.coalesce, observer.idle_resync)) is not None:
             _note_deaths(burst, excluded)
             _watch_pass(mode, engines, total, remembered, excluded, observer)
@@ -2364,24 +2593,29 @@ def _watch_pass(mode: Mode, engines: list[Engine], total: Report, remembered: se
                     [mode.listener] if mode.listener else sorted(remembered))
 
 
-def _follow(engine: Engine, events: queue.Queue[Any], stop: threading.Event, observer: Observer) -> None:
-    """Feed one engine's container events to the queue; reconnect with backoff when it drops."""
+def _follow(engine: Engine, events: queue.Queue[Any], stop: threading.Event, observer: Observer,
+            filtered: bool) -> None:
+    """Feed one engine's events that can matter to the queue; reconnect with backoff when it drops."""
     backoff, connections = 0.5, 0
     while not stop.is_set():
         reason = "the stream ended"
         try:
-            stream = engine.api.events(decode=True, filters={"type": ["container", "network"],
-                                                             "event": list(WATCH_EVENTS)})
+            swarm = engine.swarm_role() == "manager"  # services and nodes too: their events come from managers
+            stream = engine.api.events(decode=True, filters={
+                "type": ["container", "network"] + (["service", "node"] if swarm else []),
+                "event": list(WATCH_EVENTS) + (list(SWARM_EVENTS) if swarm else [])})
             events.put("connected")  # resync: events missed while away are not lost
             if connections:
                 observer.reconnected(engine)
             backoff, connections = 0.5, connections + 1
             for event in stream:
+                observer.event(engine)
+                if not _may_matter(event, filtered):
+                    continue
                 events.put(event)
                 actor = event.get("Actor") or {}
                 log.info("event %s %s %s", event.get("Type"), event.get("Action"),
                          (actor.get("Attributes") or {}).get("container", actor.get("ID", ""))[:12])
-                observer.event(engine)
         except Exception as exc:  # any failure of the stream means: reconnect
             reason = _root_cause(exc)
         if stop.is_set():
@@ -2392,10 +2626,49 @@ def _follow(engine: Engine, events: queue.Queue[Any], stop: threading.Event, obs
         backoff = min(backoff * 2, 10.0)
 
 
+def _may_matter(event: dict[str, Any], filtered: bool) -> bool:
+    """Whether an event can change what a pass finds. Without --filter, containers are selected by the
+    listen label, or as a swarm task: another container's events (a busy host's) need no pass.
+    A container event carries the container's labels."""
+    attributes = (event.get("Actor") or {}).get("Attributes") or {}
+    return filtered or event.get("Type") != "container" or LABEL_LISTEN in attributes or TASK_LABEL in attributes
+
+
+def _poll_tasks(engine: Engine, events: queue.Queue[Any], stop: threading.Event, interval: float) -> None:
+    """On a swarm manager, one GET /tasks every `interval` (every STARTING_POLL while a task is about
+    to run): tasks starting or told to stop on other nodes make no event here. A change in the running
+    tasks asks for a pass (so does the first poll)."""
+    poller = Engine(engine.url, host_ip=engine.host_ip)  # its own connection: the passes use the other
+    seen: frozenset[tuple[str, ...]] | None = None
+    wait = interval
+    while not stop.wait(wait):
+        wait = interval
+        try:
+            if poller.swarm_role() != "manager":
+                continue
+            tasks = poller.tasks({"desired-state": ["running"]})
+        except DockerError:  # the event stream reports and retries an engine that went away
+            poller.forget()
+            continue
+        if any((t.get("Status") or {}).get("State") in STARTING_STATES for t in tasks):
+            wait = min(interval, STARTING_POLL)
+        now = frozenset(_task_key(t) for t in tasks if task_runs(t))
+        if now != seen:
+            events.put("tasks")
+            seen = now
+
+
+def _task_key(task: dict[str, Any]) -> tuple[str, ...]:
+    """What of a running task matters to a listener: which task, which container, which addresses."""
+    addresses = sorted(a for n in task.get("NetworksAttachments") or () for a in n.get("Addresses") or ())
+    return (task["ID"], task["Status"]["ContainerStatus"]["ContainerID"], *addresses)
+
+
 def _next_burst(events: queue.Queue[Any], stop: threading.Event, window: float,
                 idle: float | None = None) -> list[Any] | None:
     """Wait for an event, then collect the events of the next `window` seconds; None once asked to stop;
-    an empty burst (a resync) after `idle` seconds without any."""
+    an empty burst (a resync) after `idle` seconds without any. A task poll's finding starts at once:
+    the poll has already gathered (what is queued joins it)."""
     burst: list[Any] = []
     waited_until = None if idle is None else time.monotonic() + idle
     while not burst:
@@ -2406,10 +2679,13 @@ def _next_burst(events: queue.Queue[Any], stop: threading.Event, window: float,
                 return None
             if waited_until is not None and time.monotonic() >= waited_until:
                 return []
-    deadline = time.monotonic() + window
+    deadline = time.monotonic() + (0 if burst[0] == "tasks" else window)
     while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
         with contextlib.suppress(queue.Empty):
             burst.append(events.get(timeout=min(left, 0.2)))
+    with contextlib.suppress(queue.Empty):
+        while True:
+            burst.append(events.get_nowait())
     return None if stop.is_set() else burst
 
 
@@ -2553,6 +2829,10 @@ def build_parser() -> _Parser:
                         f"private port (ID:PORT, the label {LABEL_PORT}, or the one exposed port) instead of "
                         f"a published port; a container's label {LABEL_NETWORK} wins. Without it, "
                         f"--haproxy-container picks the one user-defined network haproxy shares with a container")
+    p.add_argument("--service", metavar="NAME", action="append",
+                   help=f"With -l and --sync/--watch on a swarm manager: this service's running tasks, on every "
+                        f"node, belong to the listener (default: services labelled {LABEL_LISTEN}=LISTENER); "
+                        f"repeatable")
     p.add_argument("--haproxy-bin", metavar="PATH", help="haproxy binary (default: haproxy on PATH)")
     p.add_argument("--haproxy-container", metavar="NAME",
                    help="haproxy runs in this container: validate with docker exec, -h reloads its master "
@@ -2586,6 +2866,9 @@ def build_parser() -> _Parser:
     p.add_argument("--log-format", choices=("plain", "json"), default="plain",
                    help="--watch: each line on stderr as plain text (default) or as one JSON object "
                         "(time, level, listener, action, server, address, engine, message)")
+    p.add_argument("--swarm-poll", metavar="SECONDS", type=_seconds, default=DEFAULT_SWARM_POLL,
+                   help=f"--watch on a swarm manager: ask for the tasks this often, since tasks on other nodes "
+                        f"make no local event (default {DEFAULT_SWARM_POLL:g})")
     p.add_argument("--lock-timeout", metavar="SECONDS", type=_seconds, default=DEFAULT_LOCK_TIMEOUT,
                    help=f"Wait this long for another run's lock (default {DEFAULT_LOCK_TIMEOUT:g})")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")

@@ -21,7 +21,9 @@ import random
 import shutil
 import signal
 import subprocess
+import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -273,13 +275,14 @@ class Swarm:
         self.stack.callback(docker_cli, "network", "rm", name, check=False)
         return name, subnet
 
-    def service(self, replicas: int = 1, labels: Mapping[str, str] | None = None,
+    def service(self, replicas: int | None = 1, labels: Mapping[str, str] | None = None,
                 networks: Sequence[str] | None = None, options: Sequence[str] = (),
                 image: str = HTTPD, name: str | None = None) -> str:
-        """`docker service create` of the test image; removed at the end. Returns its name."""
+        """`docker service create` of the test image (replicas None: a global service); removed at the end.
+        Returns its name."""
         name = name or unique("web")
-        args = ["service", "create", "--detach", "--name", name, "--replicas", str(replicas),
-                "--container-label", f"{MARK}=1", "--label", f"{MARK}=1"]
+        args = ["service", "create", "--detach", "--name", name, "--container-label", f"{MARK}=1",
+                "--label", f"{MARK}=1", *(["--replicas", str(replicas)] if replicas is not None else [])]
         for network in (self.network,) if networks is None else networks:
             args += ["--network", network]
         for key, value in (labels or {}).items():
@@ -288,21 +291,36 @@ class Swarm:
         self.stack.callback(docker_cli, "service", "rm", name, check=False)
         return name
 
+    def wait_gone(self, service: str, timeout: float = 60) -> None:
+        """Wait until no container of the service is left on the main engine (after `service rm`)."""
+        deadline = time.monotonic() + timeout
+        while self.client.api.containers(all=True, filters={"label": f"com.docker.swarm.service.name={service}"}):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"containers of service {service} are still there")
+            time.sleep(0.2)
+
     def tasks(self, service: str) -> list[dict[str, Any]]:
         """Its tasks whose desired state is running (GET /tasks)."""
         return self.client.api.tasks(filters={"service": service, "desired-state": "running"})
 
-    def wait_running(self, service: str, count: int, timeout: float = 60) -> list[dict[str, Any]]:
-        """Wait until exactly `count` tasks are meant to run and do run; returns them."""
+    def wait_running(self, service: str, count: int, timeout: float = 60, image: str | None = None,
+                     node: str | None = None, seen: dict[str, float] | None = None) -> list[dict[str, Any]]:
+        """Wait until exactly `count` tasks (of `image`, on `node`, if given) are meant to run and do run;
+        returns them. Polls like `docker service ps` every 0.1 s; `seen` gets when each container was
+        first seen running."""
         deadline = time.monotonic() + timeout
         while True:
             tasks = self.tasks(service)
-            if len(tasks) == count and all(t["Status"]["State"] == "running" for t in tasks):
+            for task in tasks:
+                if seen is not None and task["Status"]["State"] == "running":
+                    seen.setdefault(container_id(task)[:12], time.monotonic())
+            if len(tasks) == count and all(t["Status"]["State"] == "running" and image in (
+                    None, t["Spec"]["ContainerSpec"]["Image"]) and node in (None, t.get("NodeID")) for t in tasks):
                 return tasks
             if time.monotonic() > deadline:
                 states = [(t.get("Slot"), t["Status"]["State"], t["Status"].get("Err")) for t in tasks]
                 raise TimeoutError(f"service {service}: want {count} running tasks, have {states}")
-            time.sleep(0.2)
+            time.sleep(0.1)
 
 
 def task_address(task: dict[str, Any], network: str) -> str:
@@ -459,3 +477,86 @@ def _wait_for(ready: Callable[[], bool], timeout: float, why: Callable[[], str])
 def service_json(client: docker.DockerClient, service: str) -> str:
     """inspect_service as indented JSON, for assertion messages."""
     return json.dumps(client.api.inspect_service(service), indent=1)
+
+
+# --- driving the tool in the tests ----------------------------------------------------------------
+
+CLI = Path(sys.executable).parent / "haproxy-docker-config"
+LISTEN, PORT, NETWORK = "haproxy-docker-config.listen", "haproxy-docker-config.port", "haproxy-docker-config.network"
+#: Listener names no other test uses: containers of other suites sharing this dockerd may be labelled web.
+WEB, API = "swweb", "swapi"
+TEMPLATE = "$id ${ip}:$port check inter 1s rise 1 fall 2"
+RESILIENT = "    retries 3\n    option redispatch 1\n    retry-on all-retryable-errors\n"
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def listeners(template: str = TEMPLATE, **ports: int) -> str:
+    """`listen NAME` sections with a #DOCKERSERVER template and the recommended retries, bound to `ports`."""
+    return "".join(f"listen {name}\n    bind :{port}\n    balance roundrobin\n{RESILIENT}"
+                   f"    #DOCKERSERVER {template}\n\n" for name, port in ports.items())
+
+
+def get(port: int, timeout: float = 2.0) -> str:
+    """GET http://127.0.0.1:port/ without any proxy: the body, which the test image makes its container's short id."""
+    with _OPENER.open(f"http://127.0.0.1:{port}/", timeout=timeout) as resp:
+        return resp.read().decode().strip()
+
+
+def served(port: int, tries: int = 24) -> set[str]:
+    """Who answers through a frontend, over several requests."""
+    return {get(port) for _ in range(tries)}
+
+
+def shorts(tasks: list[dict[str, Any]]) -> set[str]:
+    return {container_id(t)[:12] for t in tasks}
+
+
+class Watcher:
+    """The CLI running --watch -v on a HaproxyBox, its stderr in a file; SIGTERM at the end."""
+
+    def __init__(self, box: HaproxyBox, log: Path, *args: str) -> None:
+        self.log = log
+        with log.open("w") as err:
+            self.proc = subprocess.Popen([str(CLI), "-f", str(box.config), "--haproxy-container", box.name,
+                                          "--runtime-socket", str(box.socket), "--watch", "-v", *args],
+                                         stdout=subprocess.DEVNULL, stderr=err)
+
+    def tail(self) -> str:
+        return self.log.read_text()[-3000:]
+
+    def stop(self) -> int:
+        self.proc.terminate()
+        try:
+            return self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+def wait_listed(port: int, wanted: set[str], watcher: Watcher, timeout: float = 15) -> None:
+    """Wait until the frontend answers with exactly these containers (the watcher's first pass)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError):
+            if served(port, 3 * len(wanted)) == wanted:
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"port {port} never served exactly {wanted}: {watcher.tail()}")
+        time.sleep(0.2)
+
+
+def change_under_load(sw: Swarm, service: str, outcome: Any, command: Sequence[str], count: int,
+                      image: str | None = None, node: str | None = None) -> list[float]:
+    """Run `docker COMMAND` while clients load the listener; wait until `count` tasks run (of `image`,
+    on `node`) and every new one served a request, then 2 s more (the old tasks drain under load).
+    Returns, per new task, seconds from `docker service ps` showing it running to its first request served."""
+    before, seen = shorts(sw.tasks(service)), {}
+    docker_cli(*command)
+    new = shorts(sw.wait_running(service, count, image=image, node=node, seen=seen)) - before
+    deadline = time.monotonic() + 15
+    while not new <= set(outcome.first_served):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"never served: {new - set(outcome.first_served)}")
+        time.sleep(0.05)
+    time.sleep(2)
+    return [outcome.first_served[short] - seen[short] for short in new]
