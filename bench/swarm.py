@@ -218,21 +218,24 @@ def churn(sw: ss.Swarm, service: str, loads: dict[str, TimedLoad], rounds: int,
     return phases
 
 
-def wait_all_served(loads: dict[str, TimedLoad], tasks: list[dict[str, Any]], listeners: Sequence[str]) -> None:
+def wait_all_served(loads: dict[str, TimedLoad], tasks: list[dict[str, Any]], listeners: Sequence[str],
+                    log: Path) -> None:
     """Before churning: every listener in use serves every first task."""
     shorts = [ss.container_id(t)[:12] for t in tasks]
     deadline = time.monotonic() + 30
     while any(loads[name].first_served(s) is None for name in listeners for s in shorts):
         if time.monotonic() > deadline:
-            raise ss.SwarmSetupError("the listeners did not serve the first tasks within 30 s")
+            said = log.read_text()[-2000:] if log.exists() else ""
+            raise ss.SwarmSetupError(f"the listeners did not serve the first tasks within 30 s; the watcher said:\n{said}")
         time.sleep(0.1)
 
 
 def run_bench(nodes: int, rounds: int, with_tool: bool, tmp: Path) -> tuple[list[Phase], dict[str, str]]:
     listeners = ["tool", "dns"] if with_tool else ["dns"]
+    load_at_start = os.getloadavg()[0]
     with ss.swarm(nodes=nodes) as sw:
         spread = ["--replicas-max-per-node", "3"] if nodes == 2 else []
-        service = sw.service(replicas=3, options=spread)
+        service = sw.service(replicas=3, labels={ss.PORT: "8080"}, options=spread)
         tasks = sw.wait_running(service, 3)
         config = ss.haproxy_config(haproxy_listeners(service))
         with ss.haproxy_box(sw.client, sw.network, tmp, config, list(LISTENERS.values())) as box, \
@@ -241,10 +244,12 @@ def run_bench(nodes: int, rounds: int, with_tool: bool, tmp: Path) -> tuple[list
             with contextlib.ExitStack() as running:
                 for lg in loads.values():
                     running.enter_context(lg)
-                wait_all_served(loads, tasks, listeners)
+                wait_all_served(loads, tasks, listeners, tmp / "watch.log")
                 progress(f"{nodes} node(s), service {service}: {len(tasks)} tasks served; churning")
                 phases = churn(sw, service, loads, rounds, listeners)
-        return phases, environment(sw, nodes)
+        env = environment(sw, nodes)
+    env["load average (1 min), start / end"] = f"{load_at_start:.1f} / {os.getloadavg()[0]:.1f} (other work on the machine)"
+    return phases, env
 
 
 def environment(sw: ss.Swarm, nodes: int) -> dict[str, str]:

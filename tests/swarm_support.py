@@ -332,8 +332,9 @@ def task_address(task: dict[str, Any], network: str) -> str:
 
 
 def container_id(task: dict[str, Any]) -> str:
-    """The full id of the task's container (the body the test image serves is its first 12 chars)."""
-    return task["Status"]["ContainerStatus"]["ContainerID"]
+    """The full id of the task's container (the body the test image serves is its first 12 chars);
+    "" for a task that never had one."""
+    return (task["Status"].get("ContainerStatus") or {}).get("ContainerID", "")
 
 
 def _init_manager(client: docker.DockerClient, stack: contextlib.ExitStack, block: ipaddress.IPv4Network,

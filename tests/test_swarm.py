@@ -10,10 +10,38 @@ from collections.abc import Callable, Iterator
 import pytest
 from conftest import run_cli
 
+import haproxy_docker_config as hdc
+
 import load  # bench/load.py (conftest puts bench/ on the path)
 from swarm_support import (API, HTTPD, HTTPD_V2, LISTEN, MARK, NETWORK, PORT, TEMPLATE, WEB, HaproxyBox, Swarm,
                            Watcher, change_under_load, container_id, docker_cli, haproxy_box, haproxy_config,
                            listeners, served, shorts, swarm, task_address, wait_listed)
+
+
+def test_a_task_is_a_backend_on_its_networks_but_ingress() -> None:
+    attach = lambda name, address, ingress=False: {  # noqa: E731
+        "Network": {"ID": f"id-{name}", "Spec": {"Name": name, "Ingress": ingress}}, "Addresses": [address]}
+    task = {"ID": "t1", "NodeID": "n1", "DesiredState": "running",
+            "Status": {"State": "running", "ContainerStatus": {"ContainerID": "c" * 64}},
+            "NetworksAttachments": [attach("ingress", "10.0.0.5/24", True), attach("apps", "10.1.0.7/24")]}
+    service = {"ID": "s1", "Spec": {"Name": "web", "Labels": {LISTEN: WEB}}}
+    backend = hdc.backend_from_task(task, service, (8080,))
+    assert (backend.id, backend.name, backend.service, backend.labels, backend.exposed) == (
+        "c" * 64, "web.n1.t1", "web", {LISTEN: WEB}, (8080,))  # a global service's task has no slot
+    assert backend.networks == {"apps": hdc.NetworkAddress("id-apps", "10.1.0.7")}
+    assert hdc.Addressing().endpoint(backend, None) == hdc.Endpoint("10.1.0.7", 8080, "apps")
+    assert hdc.task_name({**task, "Slot": 2}, "web") == "web.2.t1"
+    assert not hdc.task_runs({**task, "DesiredState": "shutdown"})
+
+
+def test_a_watch_needs_no_pass_for_events_of_unrelated_containers() -> None:
+    event = lambda kind, **attributes: {"Type": kind, "Actor": {"ID": "x", "Attributes": attributes}}  # noqa: E731
+    assert not hdc._may_matter(event("container", name="other", image="x"), filtered=False)
+    assert hdc._may_matter(event("container", name="other"), filtered=True)  # --filter: anything may match
+    assert hdc._may_matter(event("container", **{LISTEN: "web"}), filtered=False)
+    assert hdc._may_matter(event("container", **{"com.docker.swarm.task.id": "t1"}), filtered=False)
+    assert hdc._may_matter(event("network", container="x"), filtered=False)
+    assert hdc._may_matter(event("service", name="web"), filtered=False)
 
 
 @pytest.fixture(scope="module")
