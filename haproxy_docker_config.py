@@ -1831,14 +1831,17 @@ def _reachable(name: str, running: list[Backend], addressing: Addressing) -> boo
 def status_servers(text: str, path: str, names: list[str], runtime: Runtime | None,
                    engines: list[Engine]) -> list[ServerStatus]:
     """--status: each server of these listeners as the file, the running haproxy and Docker see it.
-    Docker is asked (one list call per engine) only when there is a server to ask about."""
+    Docker is asked (one list call per engine) only when there is a server to ask about; a swarm
+    manager's tasks only when a server is no container here."""
     sides = []
     for name in names:
         listener = Listener(text, name, path)
         live, runtime = _live_servers(runtime, name)
         sides.append((name, _server_lines(listener), live, _managed_pattern(listener)))
-    containers = [c for e in engines for c in e.containers({}, everything=True)] \
-        if any(lines or live for _, lines, live, _ in sides) else []
+    servers = {n for _, lines, live, _ in sides for n in [*lines, *(live or {})]}
+    containers = [c for e in engines for c in e.containers({}, everything=True)] if servers else []
+    if any(not is_backed(n, containers) for n in servers):
+        containers += [t for e in engines for t in e.task_backends(_every, everything=True)]
     return [row for name, lines, live, managed in sides
             for row in status_rows(name, lines, live, lambda n: state_of_server(n, containers), managed)]
 

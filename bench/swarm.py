@@ -358,8 +358,8 @@ def _strips(ax: Any, phases: list[Phase], listeners: Sequence[str], kinds: Seque
     ticks = []
     for kind in kinds:
         lost = ", ".join(f"{name} {sum(p.failures[name] for p in phases if p.kind == kind)}" for name in listeners)
-        ticks.append(f"{kind}\nfailed requests: {lost}")
-    ax.set_xticks(range(len(kinds)), ticks)
+        ticks.append(f"{kind}\nfailed: {lost}")
+    ax.set_xticks(range(len(kinds)), ticks, fontsize=8)
     ax.set_xlim(-0.6, len(kinds) - 0.4)
     ax.grid(True, axis="y", alpha=0.3)
 

@@ -45,6 +45,8 @@ def test_watch_keeps_tasks_of_both_nodes_through_scaling_and_a_node_drain(sw2, b
             assert {t["NodeID"] for t in sw2.tasks(service)} == {manager, worker}
             verify = run_cli("-f", str(box.config), "-l", WEB, "--verify")
             assert verify.returncode == 0 and verify.stdout.count("\tfound") == 6, verify.stdout  # on any node
+            status = run_cli("-f", str(box.config), "-l", WEB, "--status", "--runtime-socket", str(box.socket))
+            assert status.returncode == 0, status.stdout + status.stderr  # no drift: every task is a container
             delays += change_under_load(sw2, service, outcome, ["service", "scale", "--detach", f"{service}=4"], 4)
             delays += change_under_load(sw2, service, outcome, ["node", "update", "--availability", "drain", worker],
                                         4, node=manager)
