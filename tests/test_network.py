@@ -236,6 +236,12 @@ def test_a_port_label_that_is_not_a_port_is_a_warning_and_the_container_is_skipp
     assert json.loads(again.stdout)["changed"] is False and site.cfg.read_bytes() == before
 
 
+def _known(site) -> set[str]:
+    """Every server the running haproxy has, in maintenance or not."""
+    rows = [line.split() for line in ask_haproxy(site.sock, f"show servers state {WEB}").splitlines()[2:]]
+    return {row[3] for row in rows if len(row) > 6}
+
+
 def _live(site) -> set[str]:
     """Servers haproxy sends traffic to (not in maintenance), asked on its stats socket."""
     rows = [line.split() for line in ask_haproxy(site.sock, f"show servers state {WEB}").splitlines()[2:]]
@@ -260,6 +266,9 @@ def test_watch_follows_starts_stops_disconnects_and_reconnects_under_load(site) 
             wait_until(lambda: second.short_id in outcome.first_served, 5)
             site.net.disconnect(second)
             assert wait_until(lambda: second.short_id not in _live(site), 5) <= 1.0
+            # the watcher then waits (up to --drain-timeout) for the sessions it had to end before it
+            # deletes the server; the reconnect is timed from there, as a change of its own
+            wait_until(lambda: second.short_id not in _known(site), 15)
             site.net.connect(second)
             assert wait_until(lambda: second.short_id in _live(site), 5) <= 1.0
             third = site.app(labels={LISTEN: WEB})
