@@ -7,7 +7,8 @@ import subprocess
 import time
 
 import pytest
-from conftest import CLI, ask_haproxy, haproxy_pids, host_port, http_get, run_cli, write_config
+from conftest import (CLI, ask_haproxy, haproxy_pids, host_port, http_get, kill_haproxy_running, run_cli,
+                      write_config)
 
 SEAMLESS = "expose-fd listeners"
 
@@ -151,7 +152,7 @@ def test_master_worker_haproxy_is_reloaded_through_its_master(tmp_path, make_con
         assert http_get(cfg.port) == c.short_id
         assert haproxy_pids(cfg) == [master]
     finally:  # the master and its workers, whatever happened
-        subprocess.run(["pkill", "-KILL", "-f", f"haproxy .*{cfg.path}"])
+        kill_haproxy_running(cfg.path)
 
 
 def _admin_state(cfg, server: str) -> str | None:
