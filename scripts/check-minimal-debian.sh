@@ -90,9 +90,21 @@ mount --bind /var/run/docker.sock "$root/run/docker.sock"
 mkdir -p "$share" "$root$share"
 mount --bind "$share" "$root$share"
 
-inside() {  # run a command in the root as a fresh root login would: clean environment
-    chroot "$root" /usr/bin/env -i HOME=/root PATH="$PATH_IN" LANG=C.UTF-8 TERM=dumb TMPDIR="$share" \
-        /bin/bash -c 'cd /root/haproxy-docker-config && "$@"' bash "$@"
+# A clean environment, as a fresh root login has, except this network's own way out: its
+# proxy variables and pip's index and certificate (a proxy that re-signs TLS), copied in.
+env_in=(HOME=/root PATH="$PATH_IN" LANG=C.UTF-8 TERM=dumb TMPDIR="$share")
+for var in http_proxy https_proxy no_proxy HTTP_PROXY HTTPS_PROXY NO_PROXY PIP_INDEX_URL; do
+    if [ -n "${!var:-}" ]; then
+        env_in+=("$var=${!var}")
+    fi
+done
+if [ -f "${PIP_CERT:-}" ]; then
+    cp "$PIP_CERT" "$root/root/.pip-cert.pem"
+    env_in+=(PIP_CERT=/root/.pip-cert.pem)
+fi
+
+inside() {  # run a command in the root, from the clone
+    chroot "$root" /usr/bin/env -i "${env_in[@]}" /bin/bash -c 'cd /root/haproxy-docker-config && "$@"' bash "$@"
 }
 
 step() {  # run one step inside, timed; a failure is counted, the next steps still run
