@@ -31,6 +31,7 @@ if [ -n "$(git -C "$REPO" status --porcelain --untracked-files=no)" ]; then
 fi
 
 work="$(mktemp -d /tmp/hdc-mini.XXXXXX)"
+chmod 755 "$work"   # the tests run the tool as nobody on files in TMPDIR
 root="$work/root"
 share="$work/t"
 tag="hdc-mini-check-${work##*.}"
@@ -39,18 +40,17 @@ tag="${tag,,}"
 cleanup() {
     set +e
     # a process still running in the root was started by this check: name it, then end it
-    local pid leaked=()
+    local pid cmd leaked=()
     for pid in $(ls /proc | grep -E '^[0-9]+$'); do
-        if [ "$(readlink "/proc/$pid/root" 2>/dev/null)" = "$root" ]; then
+        cmd="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)"
+        if [ "$(readlink "/proc/$pid/root" 2>/dev/null)" = "$root" ] && [ -n "$cmd" ]; then
             leaked+=("$pid")
+            echo "    $pid $cmd"
         fi
     done
     if [ "${#leaked[@]}" -gt 0 ]; then
-        log "FAIL: left running in the root:"
-        for pid in "${leaked[@]}"; do
-            echo "    $pid $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)"
-            kill -9 "$pid" 2>/dev/null
-        done
+        log "FAIL: the processes above were left running in the root; killing them"
+        kill -9 "${leaked[@]}" 2>/dev/null
         status=1
         sleep 1
     fi
@@ -88,6 +88,7 @@ done
 touch "$root/run/docker.sock"
 mount --bind /var/run/docker.sock "$root/run/docker.sock"
 mkdir -p "$share" "$root$share"
+chmod 1777 "$share"   # like /tmp
 mount --bind "$share" "$root$share"
 
 # A clean environment, as a fresh root login has, except this network's own way out: its
