@@ -42,7 +42,7 @@ cleanup() {
     # a process still running in the root was started by this check: name it, then end it
     local pid cmd leaked=()
     for pid in $(ls /proc | grep -E '^[0-9]+$'); do
-        cmd="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)"
+        cmd="$(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline")"
         if [ "$(readlink "/proc/$pid/root" 2>/dev/null)" = "$root" ] && [ -n "$cmd" ]; then
             leaked+=("$pid")
             echo "    $pid $cmd"
