@@ -203,7 +203,10 @@ def module_digest() -> str:
 
 def tool_revision() -> str:
     def git(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
+        try:
+            return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
+        except FileNotFoundError:  # no git (a tarball, a minimal machine): the module's digest still says it
+            return subprocess.CompletedProcess(args, 0, "", "")
 
     head = git("rev-parse", "--short", "HEAD").stdout.strip() or "unknown"
     dirty = git("diff", "--quiet", "HEAD", "--", Path(hdc.__file__).name).returncode != 0

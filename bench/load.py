@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CLI = str(Path(sys.executable).parent / "haproxy-docker-config")
 IMAGE = "hdc-test-httpd:latest"
 LABEL = "hdc-load"
+RUN = str(os.getpid())  # this run's value of LABEL: another run on the same dockerd keeps its containers
 
 
 @dataclasses.dataclass
@@ -140,7 +141,7 @@ def _zombie(pid: int) -> bool:
 
 def start_container(client: docker.DockerClient) -> docker.models.containers.Container:
     container = client.containers.run(IMAGE, detach=True, ports={"8080/tcp": ("127.0.0.1", None)},
-                                      labels={LABEL: "1"})
+                                      labels={LABEL: RUN})
     container.reload()
     port = int(container.attrs["NetworkSettings"]["Ports"]["8080/tcp"][0]["HostPort"])
     deadline = time.monotonic() + 10
@@ -176,8 +177,9 @@ def one_round(cfg: Path, pidfile: Path, client: docker.DockerClient, serving: li
     outcome.rounds += 1
 
 
-def run_scenario(seconds: float, clients: int = 4) -> Outcome:
-    """The whole scenario on a private haproxy and fresh containers; cleans up after itself."""
+def run_scenario(seconds: float, clients: int = 4, min_rounds: int = 0) -> Outcome:
+    """The whole scenario on a private haproxy and fresh containers, for `seconds` and at least
+    `min_rounds` rounds (however slow the machine); cleans up after itself."""
     client = docker.from_env()
     outcome = Outcome()
     serving: list = []
@@ -192,13 +194,13 @@ def run_scenario(seconds: float, clients: int = 4) -> Outcome:
             time.sleep(0.5)
             with Load(port, clients, outcome):
                 deadline = time.monotonic() + seconds
-                while time.monotonic() < deadline:
+                while time.monotonic() < deadline or outcome.rounds < min_rounds:
                     one_round(cfg, pidfile, client, serving, outcome, live=outcome.rounds % 2 == 0)
         finally:
             for pid in pids(pidfile):
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
-            for container in client.containers.list(all=True, filters={"label": f"{LABEL}=1"}):
+            for container in client.containers.list(all=True, filters={"label": f"{LABEL}={RUN}"}):
                 container.remove(force=True)
     return outcome
 

@@ -5,7 +5,7 @@
 # libraries it links: no registry needed. Idempotent.
 set -euo pipefail
 
-IMAGE="hdc-haproxy:latest"
+IMAGE="${1:-hdc-haproxy:latest}"   # another name: a throwaway build (scripts/check-minimal-debian.sh)
 VERSION="1"
 have="$(docker image inspect -f '{{index .Config.Labels "hdc-haproxy-image"}}' "$IMAGE" 2>/dev/null || true)"
 if [ "$have" = "$VERSION" ]; then

@@ -4,7 +4,7 @@
 # Idempotent: does nothing when the image already exists.
 set -euo pipefail
 
-IMAGE="hdc-test-httpd:latest"
+IMAGE="${1:-hdc-test-httpd:latest}"   # another name: a throwaway build (scripts/check-minimal-debian.sh)
 VERSION="2"              # bump when the image changes: an older one is rebuilt
 BUSYBOX="/bin/busybox"   # from Debian's busybox-static (statically linked)
 

@@ -7,7 +7,18 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-APT_PACKAGES=(haproxy libaugeas0 libaugeas-dev pkg-config docker.io busybox-static iproute2
+# Every command the scripts, the tests and the tool call beyond a minbase Debian (which already has
+# coreutils, util-linux's setpriv, libc-bin's ldd, tar, grep, dpkg, start-stop-daemon, service):
+#   haproxy                            haproxy (and Debian's init script, `service haproxy ...`)
+#   docker, dockerd, containerd, runc  docker.io (the tests start a second dockerd)
+#   busybox                            busybox-static (the test image)
+#   mmdebstrap                         mmdebstrap, debian-archive-keyring (the haproxy version images)
+#   ip                                 iproute2 (the second dockerd's bridge)
+#   ps                                 procps (Debian's haproxy init script: `service haproxy status`)
+#   curl                               curl (demo.sh)
+#   python3 -m venv, cc, pkg-config    python3-venv, python3-dev, gcc, pkg-config, libaugeas-dev
+#                                      (pip builds python-augeas), libaugeas0 (at run time)
+APT_PACKAGES=(haproxy libaugeas0 libaugeas-dev pkg-config docker.io busybox-static iproute2 procps
               python3-venv python3-dev gcc curl mmdebstrap debian-archive-keyring)
 
 log() { echo "setup: $*"; }

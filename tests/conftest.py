@@ -21,6 +21,7 @@ from pathlib import Path
 import docker
 import docker.errors
 import pytest
+import requests
 from docker.models.containers import Container
 
 REPO = Path(__file__).resolve().parent.parent
@@ -221,6 +222,23 @@ def _kill_haproxy(pid: int) -> None:
         pass
 
 
+def kill_haproxy_running(config: Path) -> None:
+    """SIGKILL every haproxy whose command line names `config`, as `pkill -f` would but through /proc
+    (a minimal Debian has no procps): a master-worker's master and workers, pidfile written or not."""
+    wanted = str(config).encode()
+    for _ in range(10):  # a master killed mid-reload may have forked a worker the last scan missed
+        pids = []
+        for proc in Path("/proc").glob("[0-9]*"):
+            with contextlib.suppress(OSError):  # exactly haproxy: the tool's own comm is "haproxy-docker-"
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+                if (proc / "comm").read_text() == "haproxy\n" and wanted in argv:
+                    pids.append(int(proc.name))
+        if not pids:
+            return
+        for pid in pids:
+            _kill_haproxy(pid)
+
+
 def _wait_tcp(port: int, timeout: float) -> None:
     """Wait until 127.0.0.1:port accepts a TCP connection."""
     deadline = time.monotonic() + timeout
@@ -313,15 +331,26 @@ class SecondEngine:
         with (self.root / "dockerd.log").open("ab") as log:
             self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
-        while subprocess.run(["docker", "-H", self.url, "info"], capture_output=True).returncode != 0:
+        while not self._answers():
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 raise RuntimeError(f"second dockerd did not start:\n{(self.root / 'dockerd.log').read_text()[-2000:]}")
             time.sleep(0.2)
 
+    def _answers(self) -> bool:
+        try:
+            with contextlib.closing(self.client()) as client:
+                return bool(client.ping())
+        except (docker.errors.DockerException, requests.exceptions.RequestException):
+            return False
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
-            self.proc.wait(timeout=60)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
     def client(self) -> docker.DockerClient:
         return docker.DockerClient(base_url=self.url)
@@ -329,17 +358,21 @@ class SecondEngine:
 
 @pytest.fixture(scope="session")
 def second_engine(docker_client: docker.DockerClient, tmp_path_factory) -> Iterator[SecondEngine]:
-    """Started once per session; the test image is copied into it with save/load (no registry)."""
-    subprocess.run(["ip", "link", "add", SecondEngine.BRIDGE, "type", "bridge"], capture_output=True)
-    subprocess.run(["ip", "addr", "replace", SecondEngine.SUBNET, "dev", SecondEngine.BRIDGE], check=True)
-    subprocess.run(["ip", "link", "set", SecondEngine.BRIDGE, "up"], check=True)
+    """Started once per session; the test image is copied into it with save/load (no registry).
+    Whatever fails (even a missing `ip` or `dockerd`), the engine, its containers and the bridge go."""
     engine = SecondEngine(tmp_path_factory.mktemp("dockerd2"))
-    engine.start()
-    image = b"".join(docker_client.images.get(IMAGE).save(named=True))
-    engine.client().images.load(image)
-    yield engine
-    with contextlib.suppress(docker.errors.DockerException):
-        for c in engine.client().containers.list(all=True):
-            c.remove(force=True)
-    engine.stop()
-    subprocess.run(["ip", "link", "del", SecondEngine.BRIDGE], capture_output=True)
+    try:
+        subprocess.run(["ip", "link", "add", SecondEngine.BRIDGE, "type", "bridge"], capture_output=True)
+        subprocess.run(["ip", "addr", "replace", SecondEngine.SUBNET, "dev", SecondEngine.BRIDGE], check=True)
+        subprocess.run(["ip", "link", "set", SecondEngine.BRIDGE, "up"], check=True)
+        engine.start()
+        image = b"".join(docker_client.images.get(IMAGE).save(named=True))
+        engine.client().images.load(image)
+        yield engine
+    finally:
+        with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException):
+            for c in engine.client().containers.list(all=True):
+                c.remove(force=True)
+        engine.stop()
+        with contextlib.suppress(OSError):
+            subprocess.run(["ip", "link", "del", SecondEngine.BRIDGE], capture_output=True)

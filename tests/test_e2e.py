@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import free_port, haproxy_pids, http_get, run_cli, write_config
+from conftest import free_port, haproxy_pids, http_get, kill_haproxy_running, run_cli, write_config
 
 SYSTEM_CFG = Path("/etc/haproxy/haproxy.cfg")
 
@@ -126,11 +126,14 @@ def system_haproxy():
     SYSTEM_CFG.write_bytes(backup + (
         f"\nlisten hdc-system-test\n    bind 127.0.0.1:{port}\n    mode http\n    balance roundrobin\n"
         "    #DOCKERSERVER $id ${ip}:$port\n").encode())
-    yield port
-    subprocess.run(["service", "haproxy", "stop"], capture_output=True)
-    SYSTEM_CFG.write_bytes(backup)
-    for leftover in SYSTEM_CFG.parent.glob("haproxy.cfg.bak"):
-        leftover.unlink()
+    try:
+        yield port
+        subprocess.run(["service", "haproxy", "stop"], capture_output=True)
+    finally:  # even when `service` is missing or fails: no haproxy left on it, the system's config back
+        kill_haproxy_running(SYSTEM_CFG)
+        SYSTEM_CFG.write_bytes(backup)
+        for leftover in SYSTEM_CFG.parent.glob("haproxy.cfg.bak"):
+            leftover.unlink()
 
 
 def test_restart_goes_through_the_service_manager(system_haproxy, make_container) -> None:

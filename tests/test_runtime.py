@@ -7,7 +7,8 @@ import subprocess
 import time
 
 import pytest
-from conftest import CLI, ask_haproxy, haproxy_pids, host_port, http_get, run_cli, write_config
+from conftest import (CLI, RUN, ask_haproxy, haproxy_pids, host_port, http_get, kill_haproxy_running,
+                      run_cli, write_config)
 
 SEAMLESS = "expose-fd listeners"
 
@@ -49,19 +50,20 @@ def test_verbose_shows_each_runtime_command_and_answer(tmp_path, make_container,
 def test_readding_a_recreated_container_updates_the_live_address(tmp_path, make_container, haproxy) -> None:
     cfg = write_config(tmp_path, template="$name ${ip}:$port check inter 500")
     haproxy(cfg)
-    first = make_container(name="hdc-recreated")
-    assert cli(cfg, "-a", "hdc-recreated").returncode == 0
+    name = f"hdc-recreated-{RUN}"  # unique: another suite may share this dockerd
+    first = make_container(name=name)
+    assert cli(cfg, "-a", name).returncode == 0
     first.remove(force=True)
     deadline = time.monotonic() + 10  # haproxy's checks find the old address dead: the server is DOWN
     while "DOWN" not in ask_haproxy(cfg.sock, "show stat dockerha-app1 4 -1"):
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    second = make_container(name="hdc-recreated")
+    second = make_container(name=name)
     assert host_port(second) != host_port(first)
-    result = cli(cfg, "-a", "hdc-recreated", "-v")
-    assert f"runtime> set server dockerha-app1/hdc-recreated addr 127.0.0.1 port {host_port(second)}" in result.stderr
+    result = cli(cfg, "-a", name, "-v")
+    assert f"runtime> set server dockerha-app1/{name} addr 127.0.0.1 port {host_port(second)}" in result.stderr
     assert http_get(cfg.port) == second.short_id
-    assert cfg.path.read_text().count("server hdc-recreated ") == 1
+    assert cfg.path.read_text().count(f"server {name} ") == 1
 
 
 def test_a_keyword_refused_live_without_h_says_reload_needed(tmp_path, make_container, haproxy) -> None:
@@ -151,7 +153,7 @@ def test_master_worker_haproxy_is_reloaded_through_its_master(tmp_path, make_con
         assert http_get(cfg.port) == c.short_id
         assert haproxy_pids(cfg) == [master]
     finally:  # the master and its workers, whatever happened
-        subprocess.run(["pkill", "-KILL", "-f", f"haproxy .*{cfg.path}"])
+        kill_haproxy_running(cfg.path)
 
 
 def _admin_state(cfg, server: str) -> str | None:

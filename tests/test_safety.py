@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import compileall
 import os
 import pwd
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CLI, IMAGE, LABEL, RUN, haproxy_pids, http_get, run_cli, write_config
+from conftest import CLI, IMAGE, LABEL, REPO, RUN, haproxy_pids, http_get, run_cli, write_config
 
 NOBODY = pwd.getpwnam("nobody")
 
@@ -26,10 +29,34 @@ def open_dir():
     shutil.rmtree(path, ignore_errors=True)
 
 
-def as_nobody(*args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the installed CLI as user nobody: root would ignore file permissions."""
-    command = ["setpriv", f"--reuid={NOBODY.pw_uid}", f"--regid={NOBODY.pw_gid}", "--clear-groups", str(CLI), *args]
-    return subprocess.run(command, text=True, capture_output=True, env={**os.environ, **(env or {})}, timeout=60)
+@pytest.fixture(scope="session")
+def nobody_lib() -> Iterator[Path]:
+    """The module and its libraries copied where nobody may read them: the checkout and its .venv
+    may sit where nobody cannot go (a clone in root's home, which is 0700 on Debian)."""
+    lib = Path(tempfile.mkdtemp(prefix="hdc-nobody-"))
+    try:
+        lib.chmod(0o755)
+        test_tools = ("pip", "setuptools", "pytest", "_pytest", "hypothesis", "pygments")  # most of the bytes
+        shutil.copytree(sysconfig.get_paths()["purelib"], lib, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns(*test_tools))
+        shutil.copy2(REPO / "haproxy_docker_config.py", lib)
+        compileall.compile_file(str(lib / "haproxy_docker_config.py"), quiet=1)
+        yield lib
+    finally:
+        shutil.rmtree(lib, ignore_errors=True)
+
+
+@pytest.fixture
+def as_nobody(nobody_lib: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run the tool as user nobody (root would ignore file permissions), with the venv's Python."""
+    python = os.path.realpath(sys.executable)  # the interpreter itself, not the venv's link to it
+
+    def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:
+        command = ["setpriv", f"--reuid={NOBODY.pw_uid}", f"--regid={NOBODY.pw_gid}", "--clear-groups",
+                   python, "-m", "haproxy_docker_config", *args]
+        return subprocess.run(command, text=True, capture_output=True, cwd=nobody_lib, timeout=60,
+                              env={**os.environ, "PYTHONPATH": str(nobody_lib), **(env or {})})
+    return run
 
 
 def add(cfg, *ids: str, extra: tuple = ()) -> subprocess.CompletedProcess[str]:
@@ -47,7 +74,7 @@ def hold_lock(path: Path) -> subprocess.Popen:
 
 # --- permissions --------------------------------------------------------------------------
 
-def test_read_only_directory_is_a_clear_error(open_dir, make_container) -> None:
+def test_read_only_directory_is_a_clear_error(open_dir, make_container, as_nobody) -> None:
     cfg = write_config(open_dir, stats_socket=False)
     cfg.path.chmod(0o666)  # the file is writable by anyone, its directory is not
     before = cfg.path.read_bytes()
@@ -58,7 +85,7 @@ def test_read_only_directory_is_a_clear_error(open_dir, make_container) -> None:
     assert cfg.path.read_bytes() == before
 
 
-def test_read_only_file_is_a_clear_error(open_dir, make_container) -> None:
+def test_read_only_file_is_a_clear_error(open_dir, make_container, as_nobody) -> None:
     cfg = write_config(open_dir, stats_socket=False)
     os.chown(open_dir, NOBODY.pw_uid, NOBODY.pw_gid)
     cfg.path.chmod(0o444)
@@ -69,7 +96,7 @@ def test_read_only_file_is_a_clear_error(open_dir, make_container) -> None:
     assert cfg.path.read_bytes() == before
 
 
-def test_unreadable_file_is_a_clear_error(open_dir) -> None:
+def test_unreadable_file_is_a_clear_error(open_dir, as_nobody) -> None:
     cfg = write_config(open_dir, stats_socket=False)
     cfg.path.chmod(0o600)
     result = as_nobody("-f", str(cfg.path), "-l", "dockerha-app1", "-s")
@@ -77,7 +104,7 @@ def test_unreadable_file_is_a_clear_error(open_dir) -> None:
         3, f"ERROR: cannot read {cfg.path} (Permission denied); check its permissions\n")
 
 
-def test_no_permission_on_the_docker_socket(open_dir) -> None:
+def test_no_permission_on_the_docker_socket(open_dir, as_nobody) -> None:
     cfg = write_config(open_dir, stats_socket=False)
     os.chown(open_dir, NOBODY.pw_uid, NOBODY.pw_gid)
     os.chown(cfg.path, NOBODY.pw_uid, NOBODY.pw_gid)
