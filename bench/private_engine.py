@@ -2,7 +2,8 @@
 
 The soak restarts its engine twice and tests stop theirs to see a watcher's health
 turn; the engine everyone else on the machine uses is never touched. Published
-ports go on 127.0.0.3 (the test suite's second engine uses 127.0.0.2).
+ports go on 127.0.0.3 for the soak and the metrics test (the suite's second engine, also one of these,
+has its ports published on 127.0.0.2 by the tests that use it).
 """
 
 from __future__ import annotations
@@ -69,7 +70,11 @@ class PrivateEngine:
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
-            self.proc.wait(timeout=120)
+            try:
+                self.proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
     def client(self) -> docker.DockerClient:
         return docker.DockerClient(base_url=self.url, timeout=120)

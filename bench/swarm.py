@@ -40,6 +40,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(REPO / "tests"))  # the swarm fixture lives with the tests
 import load  # noqa: E402  (bench/load.py: the load generator)
+from bench import terminate_cleanly  # noqa: E402  (SIGTERM runs the swarm's teardown too)
 import swarm_support as ss  # noqa: E402
 
 CLI = str(Path(sys.executable).parent / "haproxy-docker-config")
@@ -362,20 +363,6 @@ def _strips(ax: Any, phases: list[Phase], listeners: Sequence[str], kinds: Seque
     ax.set_xticks(range(len(kinds)), ticks, fontsize=8)
     ax.set_xlim(-0.6, len(kinds) - 0.4)
     ax.grid(True, axis="y", alpha=0.3)
-
-
-@contextlib.contextmanager
-def terminate_cleanly() -> Iterator[None]:
-    """SIGTERM and SIGHUP become SystemExit, so the swarm's teardown runs."""
-    def handler(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def main(argv: list[str] | None = None) -> int:

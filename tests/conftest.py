@@ -21,12 +21,12 @@ from pathlib import Path
 import docker
 import docker.errors
 import pytest
-import requests
 from docker.models.containers import Container
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))  # the load generator and the Docker proxy live there
 from counting_proxy import CountingProxy  # noqa: E402
+from private_engine import PrivateEngine  # noqa: E402
 IMAGE = "hdc-test-httpd:latest"
 LABEL = "hdc-test"
 #: This run's value of LABEL: the final sweep removes only this run's containers, so that two
@@ -314,65 +314,11 @@ def read_only_engine() -> Iterator[CountingProxy]:
     proxy.close()
 
 
-class SecondEngine:
-    """A second dockerd on its own socket, data root and bridge; its ports are published on 127.0.0.2."""
-
-    BRIDGE, SUBNET = "br-hdc2", "172.31.254.1/24"
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.url = f"unix://{root}/docker.sock"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        command = ["dockerd", "--host", self.url, "--data-root", str(self.root / "data"),
-                   "--exec-root", str(self.root / "exec"), "--pidfile", str(self.root / "docker.pid"),
-                   "--bridge", self.BRIDGE, "--iptables=false", "--ip-masq=false"]
-        with (self.root / "dockerd.log").open("ab") as log:
-            self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while not self._answers():
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError(f"second dockerd did not start:\n{(self.root / 'dockerd.log').read_text()[-2000:]}")
-            time.sleep(0.2)
-
-    def _answers(self) -> bool:
-        try:
-            with contextlib.closing(self.client()) as client:
-                return bool(client.ping())
-        except (docker.errors.DockerException, requests.exceptions.RequestException):
-            return False
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def client(self) -> docker.DockerClient:
-        return docker.DockerClient(base_url=self.url)
-
-
 @pytest.fixture(scope="session")
-def second_engine(docker_client: docker.DockerClient, tmp_path_factory) -> Iterator[SecondEngine]:
-    """Started once per session; the test image is copied into it with save/load (no registry).
-    Whatever fails (even a missing `ip` or `dockerd`), the engine, its containers and the bridge go."""
-    engine = SecondEngine(tmp_path_factory.mktemp("dockerd2"))
-    try:
-        subprocess.run(["ip", "link", "add", SecondEngine.BRIDGE, "type", "bridge"], capture_output=True)
-        subprocess.run(["ip", "addr", "replace", SecondEngine.SUBNET, "dev", SecondEngine.BRIDGE], check=True)
-        subprocess.run(["ip", "link", "set", SecondEngine.BRIDGE, "up"], check=True)
-        engine.start()
-        image = b"".join(docker_client.images.get(IMAGE).save(named=True))
-        engine.client().images.load(image)
+def second_engine(docker_client: docker.DockerClient, tmp_path_factory) -> Iterator[PrivateEngine]:
+    """A second dockerd of this run (bench/private_engine.py: own socket, data root and a bridge with a
+    free subnet), started once per session; the test image is copied into it (no registry). Whatever
+    fails, the engine, its containers and the bridge go."""
+    with PrivateEngine(tmp_path_factory.mktemp("dockerd2") / "engine") as engine:
+        engine.load_image(IMAGE)
         yield engine
-    finally:
-        with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException):
-            for c in engine.client().containers.list(all=True):
-                c.remove(force=True)
-        engine.stop()
-        with contextlib.suppress(OSError):
-            subprocess.run(["ip", "link", "del", SecondEngine.BRIDGE], capture_output=True)
