@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Try the project as a new user would on a fresh minimal Debian 12: build a minbase
 # root with mmdebstrap (nothing else installed), put a clean clone of this
-# checkout's HEAD in it, and run, as root in there, both image builds (under
-# throwaway names), scripts/demo.sh and scripts/test.sh (extra arguments go to
-# pytest). Then list any process still running in the root (a leak; killed),
+# checkout's HEAD in it, and run, as root in there, scripts/demo.sh, the two
+# local image builds (under throwaway names) and scripts/test.sh (extra arguments
+# go to pytest). Then list any process still running in the root (a leak; killed),
 # unmount everything and delete the root. Exit 0 only when all of it passed.
 #
 # The root is a chroot that shares this host's network and its running dockerd
 # (the socket is bind-mounted, so setup.sh starts no dockerd of its own); /proc,
-# /sys (the suite's second dockerd needs /sys/fs/cgroup) and /dev are the host's.
+# /sys (the suite's second dockerd needs /sys/fs/cgroup), /dev and /run/lock (the
+# lock by which swarm users of that dockerd take turns) are the host's.
 # Paths handed to the host's dockerd (bind mounts) must mean the same file on
 # both sides, so TMPDIR is a directory mounted at the same path inside and out.
 # Needs: root, git, a running dockerd on /var/run/docker.sock; installs mmdebstrap.
@@ -87,6 +88,9 @@ for fs in sys dev; do
 done
 touch "$root/run/docker.sock"
 mount --bind /var/run/docker.sock "$root/run/docker.sock"
+mkdir -p "$root/run/lock"            # machine-wide locks (the suite's swarm users take turns by one)
+mount --bind /run/lock "$root/run/lock"
+mount --make-slave "$root/run/lock"
 mkdir -p "$share" "$root$share"
 chmod 1777 "$share"   # like /tmp
 mount --bind "$share" "$root$share"
