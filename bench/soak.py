@@ -41,6 +41,7 @@ import docker.errors
 
 from bench import environment, terminate_cleanly
 from fleet import IMAGE
+from load import free_port
 from measure import BenchError
 from private_engine import HOST_IP, EngineError, PrivateEngine
 from soak_report import Sample, SoakRun, failures, write_report
@@ -64,12 +65,6 @@ def progress(message: str) -> None:
 ###############################################################################
 # haproxy and the watcher #####################################################
 ###############################################################################
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_config(tmp: Path) -> Path:

@@ -18,24 +18,21 @@ import argparse
 import contextlib
 import datetime
 import hashlib
-import os
 import resource
-import signal
 import statistics
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import docker
 
 import configs
 from counting_proxy import CountingProxy
+from load import free_port
 from measure import CpuSnapshot, Sample, run_child
 from report import STATUS_BEGIN, STATUS_END, md_table
+from soak import running_haproxy
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -46,34 +43,13 @@ LINES = 1_500
 
 def config_text(tmp: Path) -> str:
     """The generated config, a stats socket in global, and SERVERS server lines after the template."""
-    port = _free_port()
+    port = free_port()
     text = configs.generate(LINES, port).replace("global\n", f"global\n    stats socket {tmp}/admin.sock mode 600 "
                                                              f"level admin\n", 1)
     template = f"    #DOCKERSERVER {configs.TEMPLATE}\n"
     servers = "".join(f"    server {hashlib.sha256(str(i).encode()).hexdigest()[:12]} 127.0.0.1:{20000 + i} "
                       f"check inter 2000 rise 2 fall 5\n" for i in range(SERVERS))
     return text.replace(template, template + servers, 1)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def running_haproxy(config: Path) -> Iterator[None]:
-    pidfile = config.with_name("haproxy.pid")
-    subprocess.run(["haproxy", "-f", str(config), "-p", str(pidfile), "-D"], check=True,
-                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, timeout=60)
-    try:
-        time.sleep(3)  # the first round of checks: servers settle from the initial state to DOWN
-        yield
-    finally:
-        for pid in (int(tok) for tok in pidfile.read_text().split()):
-            with contextlib.suppress(OSError):
-                if Path(f"/proc/{pid}/comm").read_text().startswith("haproxy"):
-                    os.kill(pid, signal.SIGKILL)
 
 
 def timed(argv: list[str], expect: int = 0) -> tuple[Sample, float]:
@@ -141,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         config = Path(tmp) / "haproxy.cfg"
         config.write_text(config_text(Path(tmp)))
         with running_haproxy(config):
+            time.sleep(3)  # the first round of checks: servers settle from the initial state to DOWN
             _, output = run_child(tool(config, "--status"))
             rows = len(output.splitlines()) - 1
             before = CpuSnapshot.take()
