@@ -13,7 +13,7 @@ connection, all the time, while the service goes through rounds of: scale
 3 -> 6, scale 6 -> 3, a rolling update (start-first). Measured per listener:
 seconds from a task's `running` (its status timestamp in GET /tasks) to the
 first request it served, and the failed requests and slowest answer of each
-phase. Writes DIR/swarm.md and DIR/swarm.png (default docs/). Everything it
+phase. Writes DIR/bench-swarm.md and DIR/bench-swarm.png (default docs/). Everything it
 starts (a swarm, with a worker dockerd in a network namespace when --nodes 2)
 is removed at the end, also on Ctrl-C or SIGTERM. `--dns-only` runs without
 the tool (its listener stays empty), to try the harness on its own.
@@ -321,12 +321,12 @@ def write_report(phases: list[Phase], env: dict[str, str], args: argparse.Namesp
         (__doc__ or "").split("\n\n", 2)[2].replace("\n", " ").strip() + "\n",
         "Machine and versions:\n", "\n".join(f"- {k}: {v}" for k, v in env.items()) + "\n",
         f"## Summary ({args.rounds} rounds)\n", md_table(headers, summary_rows(phases, listeners)),
-        "![running to first served, per new task](swarm.png)\n",
+        "![running to first served, per new task](bench-swarm.png)\n",
         "## Every phase\n", md_table([h for h in headers if h != "new tasks"], per_phase),
         "## Failed requests as the clients saw them (first 3 per phase)\n", "\n".join(failures) or "none",
     ])
-    (out / "swarm.md").write_text(text + "\n")
-    plot(phases, listeners, out / "swarm.png")
+    (out / "bench-swarm.md").write_text(text + "\n")
+    plot(phases, listeners, out / "bench-swarm.png")
 
 
 def plot(phases: list[Phase], listeners: Sequence[str], path: Path) -> None:
@@ -379,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: {exc}", file=sys.stderr)
         return 1
     write_report(phases, env, args, time.monotonic() - _T0)
-    progress(f"wrote {args.out / 'swarm.md'} and {args.out / 'swarm.png'}")
+    progress(f"wrote {args.out / 'bench-swarm.md'} and {args.out / 'bench-swarm.png'}")
     return 0
 
 
