@@ -178,6 +178,10 @@ class HaproxyError(HdcError):
     status = EXIT_HAPROXY
 
 
+class HaproxyDied(HaproxyError):
+    """The haproxy a change was being applied to stopped answering: the change is only in the file."""
+
+
 ###############################################################################
 # Pure helpers: id lists, templates, ports, server lines ######################
 ###############################################################################
@@ -640,10 +644,19 @@ def reload_outcome(logs: str) -> tuple[bool | None, str]:
     return None, ""
 
 
-def live_changes(before: dict[str, str], after: dict[str, str]) -> tuple[list[str], list[str]]:
-    """(server lines to add or update, server names to remove) between two server sets."""
+@dataclasses.dataclass(frozen=True)
+class LivePlan:
+    """What one listener's change asks of the running haproxy."""
+
+    upserts: list[str]  # server lines to add or update
+    removals: list[str]  # server names to remove
+    kept: frozenset[str]  # the names the file holds after the change
+
+
+def live_changes(before: dict[str, str], after: dict[str, str]) -> LivePlan:
+    """The live plan between two server sets (name -> line) of a listener."""
     upserts = [line for name, line in after.items() if before.get(name) != line]
-    return upserts, [name for name in before if name not in after]
+    return LivePlan(upserts, [name for name in before if name not in after], frozenset(after))
 
 
 def parse_filters(items: list[str]) -> dict[str, list[str]]:
@@ -1442,8 +1455,16 @@ class Runtime:
 
     def ready(self, backend: str) -> set[str]:
         """Live servers of a backend that are not in maintenance (admin state 0)."""
+        return {name for name, admin in self._admin_states(backend).items() if admin == 0}
+
+    def disabled(self, backend: str) -> set[str]:
+        """Live servers of a backend put in maintenance through this API (`disable server`: admin bit 0x1)."""
+        return {name for name, admin in self._admin_states(backend).items() if admin & 1}
+
+    def _admin_states(self, backend: str) -> dict[str, int]:
         answer = self.ask(f"show servers state {backend}", "1\n#")
-        return {r[3] for r in (line.split() for line in answer.splitlines()[2:]) if len(r) > 6 and r[6] == "0"}
+        return {r[3]: int(r[6]) for r in (line.split() for line in answer.splitlines()[2:])
+                if len(r) > 6 and r[6].isdigit()}
 
     def sessions(self, backend: str, name: str) -> int:
         """Current plus queued sessions of one server."""
@@ -1453,15 +1474,45 @@ class Runtime:
                 return int(fields[2] or 0) + int(fields[4] or 0)
         return 0
 
+    def streams(self, backend: str, name: str) -> int:
+        """Streams whose target is this server, from `show sess`: also those that wait to retry a refused
+        connection, which no counter shows (their session left `scur` with the refusal)."""
+        needle = f" be={backend} srv={name} "
+        return sum(needle in line for line in self.ask("show sess").splitlines())
 
-def apply_live(runtime: Runtime, backend: str, upserts: list[str], removals: list[str], drain: float) -> None:
+    def connections(self, backend: str, name: str) -> int:
+        """Used plus idle connections of one server (`show servers conn`, 2.5 and newer; 0 where not known)."""
+        answer = self.ask(f"show servers conn {backend}")
+        lines = answer.splitlines()
+        if not lines or not lines[0].startswith("# bkname/svname"):
+            return 0
+        header = lines[0][2:].split()
+        for row in (dict(zip(header, line.split())) for line in lines[1:]):
+            if row.get("bkname/svname") == f"{backend}/{name}":
+                return sum(int(row.get(k, "0")) for k in ("used_cur", "idle_cur") if row.get(k, "").isdigit())
+        return 0
+
+    def in_use(self, backend: str, name: str) -> bool:
+        """Whether anything in haproxy may still use the server: sessions, queued requests, streams
+        that point at it, connections."""
+        return bool(self.sessions(backend, name) or self.streams(backend, name) or self.connections(backend, name))
+
+    def process(self) -> str:
+        """The pid the stats socket's haproxy gives in `show info` (RuntimeUnavailable when none answers)."""
+        match = re.search(r"^Pid:[ \t]*(\d+)", self._exchange("show info"), re.MULTILINE)
+        return match.group(1) if match else ""
+
+
+def apply_live(runtime: Runtime, backend: str, plan: LivePlan, drain: float) -> None:
     """Apply the file's change to the running haproxy; HaproxyError when it refuses."""
     live = runtime.servers(backend)
-    for line in upserts:
+    for line in plan.upserts:
         _upsert_live(runtime, backend, line, live)
-    for name in removals:
+    for name in plan.removals:
         if name in live:
             _remove_live(runtime, backend, name, drain)
+    if set(live) - plan.kept - set(plan.removals):
+        _sweep_live(runtime, backend, set(plan.kept), live)
 
 
 def _upsert_live(runtime: Runtime, backend: str, line: str, live: dict[str, tuple[str, int]]) -> None:
@@ -1482,20 +1533,34 @@ def _upsert_live(runtime: Runtime, backend: str, line: str, live: dict[str, tupl
 
 
 def _remove_live(runtime: Runtime, backend: str, name: str, drain: float) -> None:
-    """Stop sending new requests, wait (bounded) for the current ones, then delete."""
+    """Stop sending new requests, then delete the server once nothing in haproxy uses it any more.
+
+    `del server` frees the server; a stream still pointing at it then crashes haproxy (2.6 before
+    2.6.16 checks only sessions, queue and idle connections, not a stream waiting to retry a refused
+    connection). So the delete waits until no session, queued request, stream or connection is left;
+    a server still in use after `drain` seconds stays disabled (it gets no request) for a later try."""
     target = f"{backend}/{name}"
     runtime.ask(f"disable server {target}", "")
     deadline = time.monotonic() + drain
-    while runtime.sessions(backend, name) and time.monotonic() < deadline:
-        time.sleep(0.1)
     while True:
-        try:
-            runtime.ask(f"del server {target}", "Server deleted")
+        if not runtime.in_use(backend, name):
+            answer = runtime.ask(f"del server {target}", "Server deleted", "Server still has connections")
+            if answer.startswith("Server deleted"):
+                return
+        if time.monotonic() >= deadline:
+            log.warning("warning: %s is still in use after --drain-timeout %gs; it stays disabled (no new "
+                        "request) and is deleted by a later change or the next reload", target, drain)
             return
-        except HaproxyError:
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(0.1)
+        time.sleep(0.1)
+
+
+def _sweep_live(runtime: Runtime, backend: str, kept: set[str], live: dict[str, tuple[str, int]]) -> None:
+    """Delete the servers an earlier change left disabled because they were in use: in haproxy, in
+    forced maintenance, no longer in the file, and used by nothing now."""
+    disabled = runtime.disabled(backend)
+    for name in sorted(set(live) - kept):
+        if name in disabled and not runtime.in_use(backend, name):
+            runtime.ask(f"del server {backend}/{name}", "Server deleted", "Server still has connections")
 
 
 ###############################################################################
@@ -1545,8 +1610,16 @@ def hot_restart(binary: str, config: str, pidfile: str, expose_socket: str | Non
         out.seek(0)
         output = out.read()
     if code != 0:
-        raise HaproxyError("hot restart failed, the old haproxy keeps serving: "
+        raise HaproxyError(f"hot restart failed, {_who_serves(old)}: "
                            + (_alerts(output, config, config) or f"exit {code}"))
+
+
+def _who_serves(old: list[int]) -> str:
+    """After a failed reload: whether the old haproxy really keeps serving (it may have died before)."""
+    alive = [str(pid) for pid in old if _alive(pid)]
+    if alive:
+        return "the old haproxy keeps serving"
+    return f"and the old haproxy (pid {', '.join(map(str, old))}) is gone too: no haproxy runs; start it"
 
 
 def _is_master(pid: int) -> bool:
@@ -2167,7 +2240,7 @@ def _haproxy(options: HaproxyOptions, validate: bool, engine: Engine) -> HostHap
 
 def _replace_and_apply(file: FileOptions, options: HaproxyOptions, target: Path, contents: tuple[str, str],
                        haproxy: HostHaproxy | ContainerHaproxy | None, engine: Engine, report: Report,
-                       changes: dict[str, tuple[list[str], list[str]]]) -> None:
+                       changes: dict[str, LivePlan]) -> None:
     """Replace the file, then apply it live or restart; an unvalidated change is rolled back
     if the restart fails."""
     old, new = contents
@@ -2177,8 +2250,8 @@ def _replace_and_apply(file: FileOptions, options: HaproxyOptions, target: Path,
     settings = global_settings(old)
     runtime = None if file.dry_run else _runtime_address(options, settings)
     with concurrent.futures.ThreadPoolExecutor(1) as pool, contextlib.ExitStack() as draining:
-        for name, (_, removals) in changes.items():
-            draining.enter_context(_draining_first(runtime, name, removals))
+        for name, plan in changes.items():
+            draining.enter_context(_draining_first(runtime, name, plan.removals))
         asked = pool.submit(in_place_reason, target, file.write_in_place, None if file.dry_run else engine)
         _replace(target, file.path, old, new, checker, file.dry_run, asked.result)
     if file.dry_run:
@@ -2253,7 +2326,7 @@ def _validate(checker: HostHaproxy | ContainerHaproxy, candidate: Path, target: 
 
 
 def _applied_live(options: HaproxyOptions, shown: str, settings: GlobalSettings,
-                  changes: dict[str, tuple[list[str], list[str]]], report: Report,
+                  changes: dict[str, LivePlan], report: Report,
                   haproxy: HostHaproxy | ContainerHaproxy | None) -> bool:
     """Apply each listener's change through the Runtime API when there is an admin stats socket and
     the haproxy behind it has dynamic servers."""
@@ -2263,14 +2336,21 @@ def _applied_live(options: HaproxyOptions, shown: str, settings: GlobalSettings,
         return False
     runtime = Runtime(address)
     try:
+        pid = runtime.process()
         if not _has_dynamic_servers(runtime, shown, options.reloads, report):
             return False
-        for name, (upserts, removals) in changes.items():
-            apply_live(runtime, name, upserts, removals, options.drain_timeout)
     except RuntimeUnavailable as exc:
         log.info("%s; only the file is changed", exc)
         report.runtime = "unavailable"
         return False
+    try:
+        for name, plan in changes.items():
+            apply_live(runtime, name, plan, options.drain_timeout)
+        _still_the_same(runtime, pid)
+    except RuntimeUnavailable as exc:
+        raise HaproxyDied(f"haproxy (pid {pid or '?'}) stopped answering on {address} while the change was "
+                          f"applied: it died or was stopped; {shown} holds the change, no running haproxy "
+                          f"does: start haproxy (it reads the file), see its log for why it stopped") from exc
     except HaproxyError as exc:
         report.runtime = "refused"
         if not options.reloads:
@@ -2280,6 +2360,14 @@ def _applied_live(options: HaproxyOptions, shown: str, settings: GlobalSettings,
     log.info("applied live through %s", address)
     report.runtime = "applied"
     return True
+
+
+def _still_the_same(runtime: Runtime, pid: str) -> None:
+    """After a change: haproxy still answers (RuntimeUnavailable when it does not), as the same process."""
+    now = runtime.process()
+    if pid and now != pid:
+        log.warning("warning: haproxy on %s is a new process (pid %s, was %s): it was restarted while the "
+                    "change was applied; it read the file, which holds the change", runtime.address, now, pid)
 
 
 def _has_dynamic_servers(runtime: Runtime, config: str, reloads: bool, report: Report) -> bool:
@@ -2375,6 +2463,10 @@ class Observer:
     def passed(self, report: Report | None, answered: list[Engine], listeners: list[str]) -> None:
         """A pass ended: its report (None when it failed), the engines that answered in it, the listeners."""
 
+    def haproxy(self, answers: bool | None, lost: str) -> None:
+        """After a pass: whether haproxy answers on the stats socket (None: no socket to ask), and why a
+        haproxy that answered before no longer does ("" while it answers, or never did)."""
+
     def close(self) -> None:
         """The watch is over."""
 
@@ -2394,6 +2486,7 @@ class Metrics(Observer):
                              "pip install haproxy-docker-config[metrics]") from None
         self.config, self.stale_after = config, coalesce + HEALTH_GRACE
         self.synced: dict[str, float] = {}
+        self.lost = ""  # why the haproxy that answered no longer does
         self.urls = [e.describe() for e in engines]
         self.registry = prometheus_client.CollectorRegistry()
         self._declare(prometheus_client)
@@ -2417,6 +2510,9 @@ class Metrics(Observer):
                               ("listener",))
         since = metric(prom.Gauge, "seconds_since_sync", "Seconds since the last successful pass this engine "
                        "answered in (+Inf before the first)", ("engine",))
+        self.haproxy_up = metric(prom.Gauge, "haproxy_up", "1 while haproxy answers on the stats socket, 0 when "
+                                 "it does not (NaN: no stats socket to ask)")
+        self.haproxy_up.set(float("nan"))
         for url in self.urls:  # zeros from the start, not only after the first event
             self.events.labels(url)
             self.reconnects.labels(url)
@@ -2430,9 +2526,13 @@ class Metrics(Observer):
 
     def healthy(self) -> tuple[bool, str]:
         stale = [url for url in self.urls if self.age(url) > self.stale_after]
-        if stale:
-            return False, f"not synced within {self.stale_after:g} s: {', '.join(stale)}\n"
-        return True, "ok\n"
+        said = ([f"not synced within {self.stale_after:g} s: {', '.join(stale)}\n"] if stale else []) + \
+            ([self.lost + "\n"] if self.lost else [])
+        return (False, "".join(said)) if said else (True, "ok\n")
+
+    def haproxy(self, answers: bool | None, lost: str) -> None:
+        self.haproxy_up.set(float("nan") if answers is None else float(answers))
+        self.lost = lost
 
     def event(self, engine: Engine) -> None:
         self.events.labels(engine.describe()).inc()
@@ -2548,9 +2648,11 @@ def watch(mode: Mode, engines: list[Engine]) -> Report:
             threading.Thread(target=_follow, args=(engine, events, stop, observer, bool(mode.filters)),
                              daemon=True).start()
             threading.Thread(target=_poll_tasks, args=(engine, events, stop, mode.swarm_poll), daemon=True).start()
+        alive = Liveness()
         while (burst := _next_burst(events, stop, mode.coalesce, observer.idle_resync)) is not None:
             _note_deaths(burst, excluded)
             _watch_pass(mode, engines, total, remembered, excluded, observer)
+            observer.haproxy(*alive.check(mode))
     finally:
         stop.set()
         observer.close()
@@ -2558,6 +2660,50 @@ def watch(mode: Mode, engines: list[Engine]) -> Report:
             signal.signal(sig, handler)
     log.warning("stopped watching; %s is complete", mode.file.path)
     return total
+
+
+class Liveness:
+    """Whether the haproxy behind the stats socket answers, as a watcher sees it after each pass.
+
+    A haproxy that answered and no longer does has died or was stopped (a crash, an OOM kill): said
+    once, in one line, and kept as the reason /healthz fails until it answers again. One that never
+    answered is the file-only case (the change waits for haproxy to start): said once, as a warning."""
+
+    def __init__(self) -> None:
+        self.pid: str | None = None  # the pid that answered last; None before any answered
+        self.lost = ""
+        self.warned = False
+
+    def check(self, mode: Mode) -> tuple[bool | None, str]:
+        """(answers, why a haproxy that answered no longer does); answers None without a stats socket."""
+        try:
+            address = _runtime_address(mode.haproxy, global_settings(read_config(Path(mode.file.path))))
+        except ConfigError:
+            return None, self.lost
+        if address is None:
+            return None, ""
+        try:
+            pid = Runtime(address).process()
+        except (RuntimeUnavailable, HaproxyError) as exc:
+            return False, self._gone(address, exc)
+        if self.lost:
+            log.warning("haproxy answers on %s again (pid %s)", address, pid)
+        elif self.pid is not None and pid != self.pid:
+            log.info("haproxy on %s is a new process (pid %s, was %s)", address, pid, self.pid)
+        self.pid, self.lost = pid, ""
+        return True, ""
+
+    def _gone(self, address: str, exc: Exception) -> str:
+        if self.pid is None:
+            if not self.warned:
+                log.warning("warning: %s; changes go to the file only until haproxy answers there", exc)
+                self.warned = True
+            return ""
+        if not self.lost:
+            self.lost = (f"haproxy (pid {self.pid}) stopped answering on {address} ({_root_cause(exc)}): it died "
+                         f"or was stopped; changes go to the file only until it answers again")
+            log.warning("ERROR: %s", self.lost)
+        return self.lost
 
 
 def _note_deaths(burst: list[Any], excluded: set[str]) -> None:
