@@ -260,6 +260,38 @@ def line(result: Result) -> str:
             f"({result.per_stop:.2f} per stop)")
 
 
+#: The rows of docs/churn.md: (haproxy image or None for the host's, retry settings, stops, the old release?).
+MATRIX = [(None, False, 60, True), (None, False, 100, False), (None, True, 100, False),
+          ("hdc-haproxy:2.6", False, 100, False), ("hdc-haproxy:2.8", False, 100, False),
+          ("hdc-haproxy:3.0", False, 100, False), ("hdc-haproxy:3.2", False, 100, False),
+          ("hdc-haproxy:3.2", True, 100, False)]
+
+
+def write_matrix(out: Path, old_tool: str) -> None:
+    """Run every row of MATRIX (one app stopped at a time) and write out/churn.md."""
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    rows = []
+    for image, retries, stops, old in MATRIX:
+        result = run(stops, retries, image, old_tool if old else None)
+        print(line(result), flush=True)
+        died = "no" if result.died_after is None else f"**yes, after stop {result.died_after}**"
+        rows.append(f"| {result.haproxy} | {'recommended' if retries else 'defaults'} | "
+                    f"{'0.1.0 (old delete)' if old else 'this one'} | {result.stops} | {died} | "
+                    f"{result.failures} of {result.requests} | {result.per_stop:.2f} |")
+    text = (f"Churn: apps that exit at once on SIGTERM\n========================================\n\n"
+            f"`bench/churn.py --matrix` on git {commit} ({time.strftime('%Y-%m-%d')}, "
+            f"{os.cpu_count()} cores): {__doc__.split(chr(10))[0]}\n\n"
+            "Each row: a haproxy of its own, `--watch -l LISTENER`, 4 apps (hdc-test-httpd with HDC_GRACE=0) "
+            "serving, four clients sending one request per new connection all the time; each stop starts a "
+            "new app and stops the oldest (`docker stop`), 0.3 s apart. Failed requests are counted from the "
+            "moment the first apps are served. Retry settings: `defaults` is haproxy's (`retries 3`, no "
+            "redispatch); `recommended` adds `option redispatch 1` and `retry-on all-retryable-errors`.\n\n"
+            "| haproxy | retry settings | tool | stops | haproxy died | failed requests | failed per stop |\n"
+            "| --- | --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n")
+    (out / "churn.md").write_text(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--stops", type=int, default=100)
@@ -268,7 +300,14 @@ def main() -> None:
     parser.add_argument("--tool", help="the module file to run instead of the installed console script")
     parser.add_argument("--interval", type=float, default=0.3, help="seconds between rounds of stops (default 0.3)")
     parser.add_argument("--parallel", type=int, default=1, help="apps stopped (and started) at once per round")
+    parser.add_argument("--matrix", metavar="OLD_MODULE",
+                        help="run every row of docs/churn.md (OLD_MODULE: the 0.1.0 release's module file, "
+                             "e.g. from git show 333a238:haproxy_docker_config.py) and write it")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs", help="where --matrix writes churn.md")
     args = parser.parse_args()
+    if args.matrix:
+        write_matrix(args.out, args.matrix)
+        return
     result = run(args.stops, args.retries, args.image, args.tool, args.interval, parallel=args.parallel)
     print(line(result))
     print("\n".join(result.reasons))
