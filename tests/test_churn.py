@@ -6,6 +6,7 @@ pointed at while it waited to retry a refused connection: Debian's haproxy 2.6 d
 
 from __future__ import annotations
 
+import os
 import secrets
 import socket
 import subprocess
@@ -16,6 +17,7 @@ from conftest import CLI, ask_haproxy, http_get, kill_haproxy_running, run_cli, 
 from test_metrics import LISTEN, Watcher, get, run_labelled, scrape, value
 
 import churn  # bench/churn.py (conftest puts bench/ on the path)
+import haproxy_docker_config as hdc
 
 #: A response cut off by the app's death can be retried by no setting: haproxy has begun to answer.
 CUT_OFF = ("The server returned an invalid or incomplete response", "IncompleteRead")
@@ -117,3 +119,10 @@ def test_the_watcher_says_once_that_haproxy_died_and_healthz_fails_until_it_is_b
     said = [line for line in w.log.read_text().splitlines() if "stopped answering" in line]
     assert len(said) == 1 and said[0].startswith("ERROR: haproxy (pid "), said
     assert f"haproxy answers on {cfg.sock} again (pid " in w.log.read_text()
+
+
+def test_a_failed_hot_restart_says_whether_the_old_haproxy_still_serves() -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # reaped: its pid names no process any more
+    assert hdc._who_serves([os.getpid()]) == "the old haproxy keeps serving"
+    assert hdc._who_serves([gone.pid]) == f"and the old haproxy (pid {gone.pid}) is gone too: no haproxy runs; start it"
