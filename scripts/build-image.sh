@@ -32,7 +32,7 @@ if [ "$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" != "3
     echo "build-image: the wheels are built with $PYTHON, which must be Python 3.11 like the image's Debian $SUITE" >&2
     exit 1
 fi
-version="$("$PYTHON" -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' pyproject.toml)"
+version="$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' haproxy_docker_config.py)"  # the one source of the version
 base_key="$RECIPE-$(sha256sum pyproject.toml | cut -c1-16)"
 app_key="$base_key-$(cat haproxy_docker_config.py pyproject.toml | sha256sum | cut -c1-16)"
 
