@@ -18,8 +18,11 @@ cd "$ROOT"
 #   curl                               curl (demo.sh)
 #   python3 -m venv, cc, pkg-config    python3-venv, python3-dev, gcc, pkg-config, libaugeas-dev
 #                                      (pip builds python-augeas), libaugeas0 (at run time)
+#   docker-compose                     docker-compose (Compose 1.29: the examples/ projects, tests/test_examples.py)
+#   zsh                                zsh (the zsh completion, tests/test_ship.py)
+#   man                                man-db (the man page test renders the page with man)
 APT_PACKAGES=(haproxy libaugeas0 libaugeas-dev pkg-config docker.io busybox-static iproute2 procps
-              python3-venv python3-dev gcc curl mmdebstrap debian-archive-keyring)
+              python3-venv python3-dev gcc curl mmdebstrap debian-archive-keyring docker-compose zsh man-db)
 
 log() { echo "setup: $*"; }
 
