@@ -94,4 +94,5 @@ fi
 "$ROOT/scripts/build-haproxy-image.sh"
 "$ROOT/scripts/build-haproxy-versions.sh"
 "$ROOT/scripts/build-image.sh"    # the tool's own image, for tests/test_image.py
+"$ROOT/scripts/build-python-image.sh"  # the stand-in base that tests/test_image.py builds the Dockerfile on
 log "ok"
