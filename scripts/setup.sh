@@ -21,8 +21,11 @@ cd "$ROOT"
 #   docker-compose                     docker-compose (Compose 1.29: the examples/ projects, tests/test_examples.py)
 #   zsh                                zsh (the zsh completion, tests/test_ship.py)
 #   man                                man-db (the man page test renders the page with man)
+#   systemd-analyze                    systemd (only for `systemd-analyze verify` of examples/host's unit;
+#                                      nothing is started: where systemd is not PID 1 it stays unused)
 APT_PACKAGES=(haproxy libaugeas0 libaugeas-dev pkg-config docker.io busybox-static iproute2 procps
-              python3-venv python3-dev gcc curl mmdebstrap debian-archive-keyring docker-compose zsh man-db)
+              python3-venv python3-dev gcc curl mmdebstrap debian-archive-keyring docker-compose zsh man-db
+              systemd)
 
 log() { echo "setup: $*"; }
 
