@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import os
 import re
 import shutil
@@ -222,3 +223,84 @@ def test_the_wheel_installs_a_working_command_with_man_page_and_completion(dist:
     assert found.stdout.strip() == str(share / "man" / "man1" / f"{PROG}.1")
     for shipped, installed in ((PROG, "bash-completion/completions"), (f"_{PROG}", "zsh/site-functions")):
         assert (share / installed / shipped).read_text() == (REPO / "completion" / shipped).read_text()
+
+
+# --- the documentation ----------------------------------------------------------------------------------------
+
+PAGES = sorted([REPO / "README.md", REPO / "examples" / "README.md", *(REPO / "docs").glob("*.md")])
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+EXCERPT = re.compile(r"^<!-- excerpt: (\S+) -->\n```[a-z]*\n(.*?)^```$", re.MULTILINE | re.DOTALL)
+
+
+def anchors(page: Path) -> set[str]:
+    """The #anchors GitHub makes of a page's headings (ATX `#` and setext underlined ones)."""
+    lines = page.read_text().splitlines()
+    titles = [line.lstrip("#").strip() for line in lines if line.startswith("#")]
+    titles += [lines[i - 1].strip() for i in range(1, len(lines))
+               if re.fullmatch(r"(=+|-+)", lines[i]) and lines[i - 1].strip() and not lines[i - 1].startswith("|")]
+    found: set[str] = set()
+    for title in titles:
+        slug = re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
+        found.add(slug if slug not in found else next(f"{slug}-{n}" for n in range(1, 99) if f"{slug}-{n}" not in found))
+    return found
+
+
+def test_every_link_between_readme_docs_and_examples_resolves() -> None:
+    broken, seen = [], 0
+    for page in PAGES:
+        for target in LINK.findall(page.read_text()):
+            if re.match(r"[a-z]+:", target):  # https:, mailto: leave this checkout
+                continue
+            seen += 1
+            path, _, anchor = target.partition("#")
+            resolved = (page.parent / path).resolve() if path else page
+            if not resolved.exists():
+                broken.append(f"{page.relative_to(REPO)}: {target} (no such file)")
+            elif anchor and anchor not in anchors(resolved):
+                broken.append(f"{page.relative_to(REPO)}: {target} (no heading #{anchor})")
+    assert broken == [] and seen > 50
+
+
+def test_every_docs_page_is_linked_from_the_readme_or_another_page() -> None:
+    linked = {(page.parent / target.partition("#")[0]).resolve()
+              for page in PAGES for target in LINK.findall(page.read_text()) if not re.match(r"[a-z]+:", target)}
+    assert [p.relative_to(REPO).as_posix() for p in PAGES if p.resolve() not in linked and p.name != "README.md"] == []
+
+
+def test_excerpts_in_the_docs_are_what_the_example_files_say() -> None:
+    """A code block marked `<!-- excerpt: FILE -->` is a run of whole lines of FILE, word for word."""
+    count = 0
+    for page in PAGES:
+        for name, block in EXCERPT.findall(page.read_text()):
+            count += 1
+            lines, source = block.splitlines(), (REPO / name).read_text().splitlines()
+            runs = [i for i in range(len(source) - len(lines) + 1) if source[i:i + len(lines)] == lines]
+            assert runs, f"{page.relative_to(REPO)}: the excerpt of {name} is not in it:\n{block}"
+    assert count >= 7
+
+
+def test_every_example_file_is_run_by_a_test_the_examples_readme_names() -> None:
+    """examples/README.md's table names, for each file, tests that exist and use it (its name or its
+    directory appears in the test's code: the Compose tests copy their whole directory)."""
+    import test_examples
+
+    table = (REPO / "examples" / "README.md").read_text()
+    rows = dict(re.findall(r"^\| \[([^\]]+)\]\([^)]+\) \|[^|]*\| (.+) \|$", table, re.MULTILINE))
+    files = sorted(p.relative_to(REPO / "examples").as_posix() for p in (REPO / "examples").rglob("*")
+                   if p.is_file() and p.name != "README.md")
+    assert sorted(rows) == files
+    for name, tests in rows.items():
+        for test in re.findall(r"`(test_\w+)`", tests):
+            function = getattr(test_examples, test)
+            fixtures = [getattr(test_examples, arg) for arg in inspect.signature(function).parameters
+                        if hasattr(test_examples, arg)]  # the module's own fixtures that the test uses
+            source = "".join(inspect.getsource(inspect.unwrap(f)) for f in [function, *fixtures])
+            assert any(f'"{part}"' in source for part in (Path(name).name, *Path(name).parent.parts)), (name, test)
+
+
+def test_the_readme_is_a_landing_page() -> None:
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.splitlines()) <= 300
+    for heading in ("Quick start", "Example", "Install", "Features", "Exit status", "Licence"):
+        assert f"\n{heading}\n" in readme
+    assert "scripts/demo.sh" in readme and "scripts/test.sh" in readme and "Andreas Schmidt" in readme
