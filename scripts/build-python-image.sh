@@ -22,6 +22,10 @@ fi
 
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
+ca=()  # this host's CA bundle, when it has one (a proxy that re-signs TLS is in it)
+if [ -f /etc/ssl/certs/ca-certificates.crt ]; then
+    ca=(--customize-hook='copy-in /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs')
+fi
 echo "build-python-image: building $IMAGE from a Debian $SUITE root (mmdebstrap; 1 to 2 minutes)"
 # minbase: apt, passwd (groupadd, useradd) and the rest of Priority: required, like debian:bookworm-slim
 if ! mmdebstrap --variant=minbase --include=python3,python3-dev,python3-pip,python-is-python3,ca-certificates \
@@ -29,7 +33,7 @@ if ! mmdebstrap --variant=minbase --include=python3,python3-dev,python3-pip,pyth
         --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
         --dpkgopt='path-exclude=/usr/share/doc/*' \
         --customize-hook='rm -f "$1"/usr/lib/python3*/EXTERNALLY-MANAGED' \
-        --customize-hook='copy-in /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs' \
+        "${ca[@]}" \
         --customize-hook='rm -rf "$1"/var/lib/apt/lists/*' \
         "$SUITE" "$tmp/root.tar" </dev/null >"$tmp/mmdebstrap.log" 2>&1; then
     tail -n 30 "$tmp/mmdebstrap.log" >&2
