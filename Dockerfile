@@ -1,28 +1,36 @@
 # haproxy-docker-config as an image, to run beside haproxy with the Docker socket
-# (README: "The tool as a container"). For builders with a registry:
+# (docs/tool-as-a-container.md). For builders with a registry:
 #     docker build -t haproxy-docker-config .
-# scripts/build-image.sh builds the same image without a registry: the same Python
-# 3.11 on Debian 12, libaugeas0, wheels of the package and its dependencies, user
-# 10001 and entry point, but from a Debian root made by mmdebstrap instead of the
-# python image. It is the one that is tested (tests/test_image.py); this file is not
-# built here, as no registry is reachable.
+# PYTHON_IMAGE replaces the base of both stages: tests/test_image.py builds this file with
+# the local stand-in of scripts/build-python-image.sh (no registry here) and runs the image it
+# makes through the same checks as the one of scripts/build-image.sh (the same recipe from an
+# mmdebstrap root: Python 3.11 on Debian 12, libaugeas0, these wheels, user 10001, entry point).
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # python-augeas has no wheel on PyPI: build every wheel where the compiler is.
-FROM python:3.11-slim-bookworm AS wheels
+FROM ${PYTHON_IMAGE} AS wheels
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libaugeas-dev pkg-config \
     && rm -rf /var/lib/apt/lists/*
-COPY pyproject.toml README.md LICENSE.txt haproxy_docker_config.py /src/
-RUN pip wheel --no-cache-dir --use-pep517 -w /wheels "/src[metrics]"
+# The dependencies (and the metrics extra: a watcher in a container is where --metrics is used)
+# first, from pyproject.toml alone, so that a change of the module rebuilds only its own wheel.
+COPY pyproject.toml /src/
+RUN python3 -c 'import tomllib; p = tomllib.load(open("/src/pyproject.toml", "rb"))["project"]; \
+print("\n".join(p["dependencies"] + p["optional-dependencies"]["metrics"]))' >/src/requirements.txt \
+    && pip wheel --no-cache-dir --use-pep517 -w /wheels -r /src/requirements.txt
+COPY README.md LICENSE.txt MANIFEST.in haproxy_docker_config.py /src/
+COPY man /src/man
+COPY completion /src/completion
+RUN pip wheel --no-cache-dir --use-pep517 --no-deps -w /wheels /src
 
-FROM python:3.11-slim-bookworm
+FROM ${PYTHON_IMAGE}
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libaugeas0 \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --gid 10001 hdc \
     && useradd --uid 10001 --gid 10001 --home-dir /home/hdc --create-home --shell /usr/sbin/nologin hdc
 COPY --from=wheels /wheels /wheels
-RUN pip install --no-cache-dir --no-index /wheels/*.whl
+RUN pip install --no-cache-dir --no-index /wheels/*.whl && rm -rf /wheels
 LABEL org.opencontainers.image.title=haproxy-docker-config
 # Non-root: give it the Docker socket's group with --group-add, and a config
 # directory it may write (or run it with --user).

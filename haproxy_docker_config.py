@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK (argcomplete's global completion looks for this mark)
 """haproxy-docker-config: keep an HAProxy listen/backend section in step with Docker containers.
 
 A Python port of Andreas Schmidt's 2013 Ruby tool of the same name. The config is
@@ -2903,6 +2904,43 @@ def render(report: Report, fmt: str, verbose: bool) -> str:
 ###############################################################################
 
 
+#: A completion asks Docker at most this long: a TAB must not hang on an engine that does not answer.
+COMPLETION_TIMEOUT = 1.0
+
+
+def _complete_listeners(prefix: str, parsed_args: argparse.Namespace, **_: Any) -> list[str]:
+    """-l completes the listen and backend sections of -f (or the default config) as the tool reads them."""
+    try:
+        text = Path(parsed_args.config or DEFAULT_CONFIG).read_text(errors="replace")
+    except OSError:
+        return []
+    return [name for kind, name, _, _ in sections(text) if kind in ("listen", "backend") and name.startswith(prefix)]
+
+
+def _container_completer(running: bool, listed: bool) -> Callable[..., list[str]]:
+    """A completer of container names from Docker (`running` ones only, or all), after the last comma of an
+    id list when `listed`; nothing when the engine does not answer within COMPLETION_TIMEOUT."""
+
+    def complete(prefix: str, parsed_args: argparse.Namespace, **_: Any) -> list[str]:
+        head, comma, last = prefix.rpartition(",") if listed else ("", "", prefix)
+        engine = Engine((parsed_args.docker_url or [None])[0], timeout=COMPLETION_TIMEOUT)
+        try:
+            found = engine.api.containers(all=not running)
+        except Exception:  # any failure of any engine: complete nothing rather than print or hang
+            return []
+        names = sorted(name.lstrip("/") for c in found for name in c.get("Names") or [] if "/" not in name[1:])
+        return [head + comma + name for name in names if name.startswith(last)]
+
+    return complete
+
+
+def _complete(parser: argparse.ArgumentParser) -> None:
+    """Answer the shell's completion request (argcomplete's protocol) and exit; imported only then."""
+    import argcomplete
+
+    argcomplete.autocomplete(parser)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that reports usage errors as one line through main()."""
 
@@ -2930,14 +2968,18 @@ def build_parser() -> _Parser:
     p.add_argument("--help", action="help", help="Show help details")
     p.add_argument("-l", "--listen", metavar="LISTENER",
                    help="Perform actions on the listen or backend section LISTENER. Mandatory, "
-                        "except for --sync/--watch, which then serve every listener that container labels name")
+                        "except for --sync/--watch, which then serve every listener that container labels name"
+                   ).completer = _complete_listeners  # type: ignore[attr-defined]
     act = p.add_mutually_exclusive_group()
     act.add_argument("-a", "--add", metavar="ID1[:PORT][,ID2[:PORT],...]",
                      help="Add containers (id, unique id prefix or name) with optional private port; "
-                          "the published host port is looked up")
-    act.add_argument("-d", "--delete", metavar="ID1[,ID2,...]", help="Take containers out of balancing")
+                          "the published host port is looked up"
+                     ).completer = _container_completer(running=True, listed=True)  # type: ignore[attr-defined]
+    act.add_argument("-d", "--delete", metavar="ID1[,ID2,...]", help="Take containers out of balancing"
+                     ).completer = _container_completer(running=False, listed=True)  # type: ignore[attr-defined]
     act.add_argument("-c", "--check", metavar="ID1,ID2,...", nargs="?", const="",
-                     help="Check if containers are balanced by LISTENER; no ids: list every balanced container")
+                     help="Check if containers are balanced by LISTENER; no ids: list every balanced container"
+                     ).completer = _container_completer(running=False, listed=True)  # type: ignore[attr-defined]
     act.add_argument("--verify", action="store_true",
                      help="Check that every server of LISTENER is a running container")
     act.add_argument("--sync", action="store_true",
@@ -2985,7 +3027,8 @@ def build_parser() -> _Parser:
     p.add_argument("--haproxy-bin", metavar="PATH", help="haproxy binary (default: haproxy on PATH)")
     p.add_argument("--haproxy-container", metavar="NAME",
                    help="haproxy runs in this container: validate with docker exec, -h reloads its master "
-                        "(SIGUSR2), -r restarts the container")
+                        "(SIGUSR2), -r restarts the container"
+                   ).completer = _container_completer(running=True, listed=False)  # type: ignore[attr-defined]
     p.add_argument("--write-in-place", action="store_true",
                    help="Rewrite the config's content in place instead of renaming a new file over it "
                         "(automatic when it is bind-mounted into a container, a mount point, or hard-linked)")
@@ -3033,7 +3076,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; every error becomes one line on stderr and its exit status."""
     verbose, error = False, sys.stderr.write
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        if "_ARGCOMPLETE" in os.environ:  # the shell asks for completions (a TAB), not a run
+            _complete(parser)
+        args = parser.parse_args(argv)
         verbose = args.verbose
         logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
                             stream=sys.stderr, force=True)

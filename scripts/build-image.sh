@@ -16,7 +16,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 IMAGE="haproxy-docker-config"
-BASE="hdc-tool-base:latest"
+BASE="hdc-tool-base"   # tagged by its key too, so that worktrees with different pyproject.toml do not rebuild it in turn
 RECIPE="2"          # bump when this recipe changes: both stages are rebuilt
 SUITE="bookworm"    # Debian 12: Python 3.11, the version the wheels are built for
 USER_ID="10001"     # the image's user; give it the socket's group with --group-add
@@ -32,8 +32,9 @@ if [ "$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" != "3
     echo "build-image: the wheels are built with $PYTHON, which must be Python 3.11 like the image's Debian $SUITE" >&2
     exit 1
 fi
-version="$("$PYTHON" -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' pyproject.toml)"
+version="$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' haproxy_docker_config.py)"  # the one source of the version
 base_key="$RECIPE-$(sha256sum pyproject.toml | cut -c1-16)"
+base_tag="$BASE:$base_key"
 app_key="$base_key-$(cat haproxy_docker_config.py pyproject.toml | sha256sum | cut -c1-16)"
 
 label_of() {  # label_of IMAGE LABEL: the label's value, empty when the image is absent
@@ -58,8 +59,8 @@ pip_wheel() {  # quiet unless it fails
 }
 
 # --- stage 1: Debian, Python, libaugeas0 and the dependencies' wheels --------
-if [ "$(label_of "$BASE" hdc-tool-base)" != "$base_key" ]; then
-    log "building $BASE from a Debian $SUITE root (mmdebstrap; 2 to 3 minutes)"
+if [ "$(label_of "$base_tag" hdc-tool-base)" != "$base_key" ]; then
+    log "building $base_tag from a Debian $SUITE root (mmdebstrap; 2 to 3 minutes)"
     # the dependencies and the metrics extra (a watcher in a container is where --metrics is used)
     "$PYTHON" -c 'import sys, tomllib; p = tomllib.load(open(sys.argv[1], "rb"))["project"]
 print("\n".join(p["dependencies"] + p["optional-dependencies"]["metrics"]))' pyproject.toml >"$tmp/requirements.txt"
@@ -84,15 +85,16 @@ print("\n".join(p["dependencies"] + p["optional-dependencies"]["metrics"]))' pyp
         echo "build-image: mmdebstrap failed (log above)" >&2
         exit 1
     fi
-    docker import -c "LABEL hdc-tool-base=$base_key" "$tmp/root.tar" "$BASE" >/dev/null
+    docker import -c "LABEL hdc-tool-base=$base_key" "$tmp/root.tar" "$base_tag" >/dev/null
     rm -f "$tmp/root.tar"
 fi
+docker tag "$base_tag" "$BASE:latest"  # the stand-in base image other scripts and tests name
 
 # --- stage 2: the package, its entry point, the user -------------------------
 log "building $IMAGE:$version"
 previous="$(docker image inspect -f '{{.Id}}' "$IMAGE:$version" 2>/dev/null || true)"
 pip_wheel --no-deps -w "$tmp/app" "$ROOT"
-docker run --name "$builder" --user 0 --network none -v "$tmp/app:/wheels:ro" --entrypoint /bin/sh "$BASE" \
+docker run --name "$builder" --user 0 --network none -v "$tmp/app:/wheels:ro" --entrypoint /bin/sh "$base_tag" \
     -c 'python3 -m installer /wheels/*.whl && haproxy-docker-config --help >/dev/null' >/dev/null
 docker commit \
     -c "USER $USER_ID:$USER_ID" \

@@ -18,8 +18,14 @@ cd "$ROOT"
 #   curl                               curl (demo.sh)
 #   python3 -m venv, cc, pkg-config    python3-venv, python3-dev, gcc, pkg-config, libaugeas-dev
 #                                      (pip builds python-augeas), libaugeas0 (at run time)
+#   docker-compose                     docker-compose (Compose 1.29: the examples/ projects, tests/test_examples.py)
+#   zsh                                zsh (the zsh completion, tests/test_ship.py)
+#   man                                man-db (the man page test renders the page with man)
+#   systemd-analyze                    systemd (only for `systemd-analyze verify` of examples/host's unit;
+#                                      nothing is started: where systemd is not PID 1 it stays unused)
 APT_PACKAGES=(haproxy libaugeas0 libaugeas-dev pkg-config docker.io busybox-static iproute2 procps
-              python3-venv python3-dev gcc curl mmdebstrap debian-archive-keyring)
+              python3-venv python3-dev gcc curl mmdebstrap debian-archive-keyring docker-compose zsh man-db
+              systemd)
 
 log() { echo "setup: $*"; }
 
@@ -91,4 +97,5 @@ fi
 "$ROOT/scripts/build-haproxy-image.sh"
 "$ROOT/scripts/build-haproxy-versions.sh"
 "$ROOT/scripts/build-image.sh"    # the tool's own image, for tests/test_image.py
+"$ROOT/scripts/build-python-image.sh"  # the stand-in base that tests/test_image.py builds the Dockerfile on
 log "ok"

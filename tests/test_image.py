@@ -1,6 +1,7 @@
-"""The tool as an image beside haproxy: built without a registry (scripts/build-image.sh), run non-root
-with --watch, the Docker socket and the config directory shared with a haproxy container that reaches
-the apps on a user-defined network."""
+"""The tool as an image beside haproxy, run non-root with --watch, the Docker socket and the config
+directory shared with a haproxy container that reaches the apps on a user-defined network. Two builds
+of it pass the same tests: scripts/build-image.sh's (no registry needed), and the Dockerfile's, built
+with the local stand-in of its base image (scripts/build-python-image.sh)."""
 
 from __future__ import annotations
 
@@ -22,9 +23,13 @@ from conftest import IMAGE, LABEL, REPO, RUN, ask_haproxy, free_port, wait_until
 from docker.models.containers import Container
 from docker.models.images import Image
 
+import haproxy_docker_config as hdc
 import load  # bench/load.py (conftest puts bench/ on the path)
 
-TOOL_IMAGE = "haproxy-docker-config:latest"
+PROG = "haproxy-docker-config"
+TOOL_IMAGE = f"{PROG}:latest"
+#: The Dockerfile's build, from PYTHON_BASE in place of python:3.11-slim-bookworm.
+DOCKERFILE_IMAGE, PYTHON_BASE = "hdc-tool-dockerfile:latest", "hdc-python:3.11-slim-bookworm"
 HAPROXY_IMAGE = "hdc-haproxy:latest"
 SOCKET = "/var/run/docker.sock"
 #: The same paths in both containers, so that every path the config names means the same in each.
@@ -35,9 +40,30 @@ APP_GRACE = 5
 HAPROXY_USER = 99
 
 
-@pytest.fixture(scope="session")
-def tool_image(docker_client: docker.DockerClient) -> Image:
-    """The image of this checkout (the script returns at once when it is cached)."""
+def dockerfile_image(client: docker.DockerClient) -> Image:
+    """`docker build` of the Dockerfile on the stand-in base; Docker's layer cache keeps a rebuild to the
+    layers after what changed (the module's wheel, when only the module did). The build it replaces is
+    removed unless something still uses it."""
+    subprocess.run([str(REPO / "scripts" / "build-python-image.sh")], check=True)
+    try:
+        previous = client.images.get(DOCKERFILE_IMAGE).id
+    except docker.errors.ImageNotFound:
+        previous = None
+    built = subprocess.run(["docker", "build", "-q", "--build-arg", f"PYTHON_IMAGE={PYTHON_BASE}",
+                            "-t", DOCKERFILE_IMAGE, str(REPO)], capture_output=True, text=True, timeout=1200)
+    assert built.returncode == 0, f"docker build of the Dockerfile failed:\n{built.stdout[-3000:]}{built.stderr[-5000:]}"
+    image = client.images.get(built.stdout.split()[-1])  # its id: another run may retag the name meanwhile
+    if previous not in (None, image.id):
+        with contextlib.suppress(docker.errors.APIError):
+            client.images.remove(previous)
+    return image
+
+
+@pytest.fixture(scope="session", params=["build-image.sh", "Dockerfile"])
+def tool_image(request, docker_client: docker.DockerClient) -> Image:
+    """The image of this checkout, as each recipe builds it (both return at once when cached)."""
+    if request.param == "Dockerfile":
+        return dockerfile_image(docker_client)
     subprocess.run([str(REPO / "scripts" / "build-image.sh")], check=True)
     return docker_client.images.get(TOOL_IMAGE)
 
@@ -65,6 +91,7 @@ class Deployment:
     run: Path
     port: int
     haproxy: Container
+    image: str  # the tool's, by id
     uid: int
     start: Callable[..., Container]  # run a container that is removed at teardown
 
@@ -75,7 +102,7 @@ class Deployment:
                    str(self.conf): {"bind": CONF, "mode": "rw"},
                    str(self.run): {"bind": RUN_DIR, "mode": "rw"}}
         options.setdefault("group_add", [str(os.stat(SOCKET).st_gid), str(HAPROXY_USER)])
-        return self.start(TOOL_IMAGE, list(args), volumes=volumes, network_mode="none", **options)
+        return self.start(self.image, list(args), volumes=volumes, network_mode="none", **options)
 
     def app(self) -> Container:
         """An app on haproxy's network that asks for the listener by label; it publishes nothing.
@@ -131,7 +158,7 @@ def deployment(tmp_path, docker_client, tool_image) -> Iterator[Deployment]:
                         network=network.name, ports={"8080/tcp": ("127.0.0.1", port)},
                         volumes={str(conf): {"bind": CONF, "mode": "ro"}, str(run): {"bind": RUN_DIR, "mode": "rw"}})
         wait_until(lambda: (run / "admin.sock").exists(), 10, lambda: haproxy.logs().decode())
-        yield Deployment(f"web-{suffix}", network.name, conf, run, port, haproxy, uid, start)
+        yield Deployment(f"web-{suffix}", network.name, conf, run, port, haproxy, tool_image.id, uid, start)
     finally:
         for container in made:
             with contextlib.suppress(docker.errors.APIError):
@@ -194,3 +221,11 @@ def test_the_image_can_serve_metrics(tool_image: Image, docker_client: docker.Do
     probe = docker_client.containers.run(tool_image.id, entrypoint=["python3", "-c", "import prometheus_client"],
                                          remove=True, labels={LABEL: RUN})
     assert probe == b""
+
+
+def test_the_image_is_the_tool_as_a_non_root_entry_point(tool_image: Image, docker_client: docker.DockerClient) -> None:
+    """Both recipes make the same interface: user 10001, the tool as entry point, --help by default."""
+    config = tool_image.attrs["Config"]
+    assert (config["User"], config["Entrypoint"], config["Cmd"]) == ("10001:10001", [PROG], ["--help"])
+    version = docker_client.containers.run(tool_image.id, ["--version"], remove=True, labels={LABEL: RUN})
+    assert version.decode() == f"{PROG} {hdc.__version__}\n"
