@@ -297,6 +297,8 @@ def test_user_input_in_messages_is_quoted_unless_plain(text: str, shown: str) ->
     ("HA-Proxy version 2.2.9-2+deb11u7 2025/04/23 - https://haproxy.org/\n", "2.2.9-2+deb11u7", (2, 2)),  # -v, 2.2
     ("HAProxy version 3.0.11-1+deb13u5 2026/11/18 - https://haproxy.org/\nStatus: long-term supported branch",
      "3.0.11-1+deb13u5", (3, 0)),
+    ("HAProxy version 2.8.25-5cf5d0683 2026/06/26 - https://haproxy.org/\n", "2.8.25-5cf5d0683", (2, 8)),  # wheel
+    ("Version: 3.2.26-1\n", "3.2.26-1", (3, 2)),
     ("Version: 3.2-dev5-1a2b3c\n", "3.2-dev5-1a2b3c", (3, 2)),
     ("Version: 2.10.1\n", "2.10.1", (2, 10)),
 ])
