@@ -117,11 +117,13 @@ MASTER_WORKER = re.compile(r"^[ \t]*master-worker(?=[ \t\r\n]|$)", re.MULTILINE)
 #: The version line of `show info` ("Version: 2.2.9-2+deb11u7") or of `haproxy -v` ("HA-Proxy version
 #: 2.2.9-2+deb11u7 ..." in 2.2, "HAProxy version 2.6.12-1+deb12u4 ..." in 2.6 and later).
 HAPROXY_VERSION = re.compile(r"^(?:Version:[ \t]*|HA-?Proxy version[ \t]+)((\d+)\.(\d+)[^ \t\r\n]*)", re.MULTILINE)
-#: What a master-worker haproxy logs once a reload (SIGUSR2) is decided: 2.6 and 3.0 say "Loading
-#: success." or "Loading failure!"; 2.2 says neither, but "New worker #1 (PID) forked" after a good load
-#: and "Reexecuting Master process in waitpid mode" after a failed one (its old workers keep serving).
+#: What a master-worker haproxy logs once a reload (SIGUSR2) is decided: 2.6 to 3.2 say "Loading
+#: success."; 2.6 to 3.0 say "Loading failure!" after a failed load, 3.1 and later (whose new worker, not
+#: the master, loads the config) "Failed to load worker (PID) exited with code 1" or "Failed to load
+#: worker!"; 2.2 says neither, but "New worker #1 (PID) forked" after a good load and "Reexecuting Master
+#: process in waitpid mode" after a failed one. After a failure the old workers keep serving.
 RELOAD_SUCCESS = re.compile(r"Loading success|New worker #\d+ \(\d+\) forked")
-RELOAD_FAILURE = re.compile(r"Loading failure|Reexecuting Master process in waitpid mode")
+RELOAD_FAILURE = re.compile(r"Loading failure|Failed to load worker|Reexecuting Master process in waitpid mode")
 TEMPLATE_MARK = re.compile(r"DOCKERSERVER(?:\s+|$)")
 ERB_VARIABLE = re.compile(r"<%=\s*(\w+)\s*%>")
 TEMPLATE_VARIABLES = ("id", "name", "ip", "port")

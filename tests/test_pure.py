@@ -297,6 +297,8 @@ def test_user_input_in_messages_is_quoted_unless_plain(text: str, shown: str) ->
     ("HA-Proxy version 2.2.9-2+deb11u7 2025/04/23 - https://haproxy.org/\n", "2.2.9-2+deb11u7", (2, 2)),  # -v, 2.2
     ("HAProxy version 3.0.11-1+deb13u5 2026/11/18 - https://haproxy.org/\nStatus: long-term supported branch",
      "3.0.11-1+deb13u5", (3, 0)),
+    ("HAProxy version 2.8.25-5cf5d0683 2026/06/26 - https://haproxy.org/\n", "2.8.25-5cf5d0683", (2, 8)),  # wheel
+    ("Version: 3.2.26-1\n", "3.2.26-1", (3, 2)),
     ("Version: 3.2-dev5-1a2b3c\n", "3.2-dev5-1a2b3c", (3, 2)),
     ("Version: 2.10.1\n", "2.10.1", (2, 10)),
 ])
@@ -314,13 +316,13 @@ def test_no_version_is_none(said: str) -> None:
     ((1, 8), "haproxy 1.8 has no dynamic servers"),
     ((2, 2), "haproxy 2.2 has no dynamic servers"),
     ((2, 4), "haproxy 2.4 has dynamic servers only in experimental mode"),
-    ((2, 5), None), ((2, 6), None), ((2, 10), None), ((3, 0), None),
+    ((2, 5), None), ((2, 6), None), ((2, 8), None), ((2, 10), None), ((3, 0), None), ((3, 2), None),
 ])
 def test_which_versions_take_servers_live(branch: tuple[int, int], why_not: str | None) -> None:
     assert hdc.HaproxyVersion("x", branch).without_dynamic_servers() == why_not
 
 
-#: What the masters of hdc-haproxy:2.2, :2.6 and :3.0 logged after SIGUSR2 (tests/test_versions.py).
+#: What the masters of hdc-haproxy:2.2, :2.6, :3.0 and :3.2 logged after SIGUSR2 (tests/test_versions.py).
 RELOAD_LOGS_2_2_OK = ("[WARNING] 332/182745 (1) : Reexecuting Master process\n"
                       "[NOTICE] 332/182745 (1) : New worker #1 (11) forked\n"
                       "[WARNING] 332/182746 (8) : Stopping frontend GLOBAL in 0 ms.\n")
@@ -334,6 +336,15 @@ RELOAD_LOGS_2_6_OK = ("[NOTICE]   (1) : Reloading HAProxy\n[NOTICE]   (1) : New 
 RELOAD_LOGS_3_0_FAILED = ("[NOTICE]   (1) : Reloading HAProxy\n"
                           "[ALERT]    (1) : config : Fatal errors found in configuration.\n"
                           "[WARNING]  (1) : Loading failure!\n")
+RELOAD_LOGS_3_2_OK = ("[NOTICE]   (1) : Reloading HAProxy\n[NOTICE]   (1) : Initializing new worker (15)\n"
+                      "[NOTICE]   (1) : Loading success.\n"
+                      "[WARNING]  (8) : Proxy web stopped (cumulated conns: FE: 0, BE: 0).\n")
+RELOAD_LOGS_3_2_FAILED = ("[NOTICE]   (1) : Reloading HAProxy\n[NOTICE]   (1) : Initializing new worker (11)\n"
+                          "[WARNING]  (8) : Paused proxy web.\n"
+                          "[ALERT]    (11) : Binding [/usr/local/etc/haproxy/haproxy.cfg:10] for proxy web: protocol "
+                          "tcpv4: cannot bind socket (Cannot assign requested address) for [192.0.2.1:80].\n"
+                          "[WARNING]  (8) : Resumed proxy web.\n"
+                          "[WARNING]  (1) : Failed to load worker (11) exited with code 1 (Exit)\n")
 
 
 @pytest.mark.parametrize("logs, outcome", [
@@ -341,6 +352,9 @@ RELOAD_LOGS_3_0_FAILED = ("[NOTICE]   (1) : Reloading HAProxy\n"
     (RELOAD_LOGS_2_2_FAILED, (False, "[WARNING] 332/182747 (1) : Reexecuting Master process in waitpid mode")),
     (RELOAD_LOGS_2_6_OK, (True, "[NOTICE]   (1) : Loading success.")),
     (RELOAD_LOGS_3_0_FAILED, (False, "[WARNING]  (1) : Loading failure!")),
+    (RELOAD_LOGS_3_2_OK, (True, "[NOTICE]   (1) : Loading success.")),
+    (RELOAD_LOGS_3_2_FAILED, (False, "[WARNING]  (1) : Failed to load worker (11) exited with code 1 (Exit)")),
+    ("[NOTICE]   (1) : Reloading HAProxy\n[NOTICE]   (1) : Initializing new worker (11)\n", (None, "")),  # 3.2
     ("[WARNING] 332/182745 (1) : Reexecuting Master process\n", (None, "")),  # 2.2, still loading
     ("[NOTICE]   (1) : Reloading HAProxy\n[NOTICE]   (1) : New worker (13) forked\n", (None, "")),  # 2.6: not yet
     ("", (None, "")),

