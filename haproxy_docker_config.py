@@ -37,7 +37,7 @@ import time
 import urllib.parse
 import weakref
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Union
 
 __version__ = "0.1.0"
 
@@ -60,6 +60,11 @@ METRICS_PREFIX = "haproxy_docker_config"
 DEFAULT_SWARM_POLL = 1.0
 #: --watch polls the tasks this often (at most) while one is about to run: it runs within a second or so.
 STARTING_POLL = 0.2
+#: --watch: after a failed pass, retry after this many seconds, doubling up to RETRY_LAST.
+RETRY_FIRST = 1.0
+RETRY_LAST = 30.0
+#: --watch: look at the config's inode, size and times this often, to notice edits by hand.
+FILE_POLL = 0.5
 #: Task states of a task on its way to `running` (after `pending`: it has a node).
 STARTING_STATES = ("assigned", "accepted", "preparing", "ready", "starting")
 
@@ -132,6 +137,19 @@ WILDCARD_IPS = ("", "0.0.0.0", "::")
 LABEL_LISTEN = "haproxy-docker-config.listen"
 LABEL_PORT = "haproxy-docker-config.port"
 LABEL_NETWORK = "haproxy-docker-config.network"
+#: Longest label value of the tool's read: longer ones are refused before any other look at them.
+LABEL_LIMIT = 255
+#: How much of a value a message quotes (the rest is counted).
+QUOTE_LIMIT = 60
+PORT_DIGITS = re.compile(r"[0-9]{1,5}")
+#: label -> (what its value must match, what that is called, what to give instead), checked by label_value.
+LABEL_RULES = {
+    "haproxy-docker-config.port": (PORT_DIGITS, "a port in 1..65535", ""),
+    "haproxy-docker-config.listen": (re.compile(r"[A-Za-z0-9_.:-]+"), "a listen or backend name "
+                                     "(letters, digits, '_', '.', ':', '-')", ""),
+    "haproxy-docker-config.network": (re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*"), "a Docker network name or id",
+                                      " or give --network"),
+}
 #: The label Docker gives the container of a swarm task.
 TASK_LABEL = "com.docker.swarm.task.id"
 #: Docker's own networks; every other network is user-defined (`docker network create`, Compose).
@@ -177,6 +195,15 @@ class PortError(DockerError):
     """No single port to reach a container on: --sync can point to the port label instead."""
 
 
+class LabelError(DockerError):
+    """A container's (or service's) label of the tool is malformed: that container is skipped, the
+    others are served. `key` (container id, label) lets a watcher say it once per value."""
+
+    def __init__(self, message: str, key: tuple[str, str]) -> None:
+        super().__init__(message)
+        self.key = key
+
+
 class HaproxyError(HdcError):
     status = EXIT_HAPROXY
 
@@ -201,19 +228,31 @@ class ContainerRef:
         return self.ref if self.port is None else f"{self.ref}:{self.port}"
 
 
-def quoted(text: str) -> str:
-    """User input in a message: as typed when it is one plain word, else quoted (one error, one line)."""
-    return text if re.fullmatch(r"[\w.:/@+=~-]+", text) else repr(text)
+def quoted(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """User input in a message: as typed when it is one plain word, else quoted (one error, one line);
+    past `limit` characters shortened, saying how long it was."""
+    if len(text) > limit:
+        return f"{text[:limit]!r}... ({len(text)} characters)"
+    return text if re.fullmatch(r"[\w.:/@+=~-]+", text, re.ASCII) else repr(text)
+
+
+def is_port(text: str) -> bool:
+    """1..65535 in ASCII digits (`str.isdigit` takes any script's digits, and int() of 5,000 of them raises)."""
+    return bool(PORT_DIGITS.fullmatch(text)) and 1 <= int(text) <= 65535
 
 
 def parse_port(text: str, context: str) -> int:
     """A TCP port number 1..65535, or a usage error naming where it came from."""
-    if not text.isdigit():
-        raise UsageError(f"port {text!r} in {context!r} is not a number; give ID:PORT with PORT in 1..65535")
-    port = int(text)
-    if not 1 <= port <= 65535:
-        raise UsageError(f"port {port} in {context!r} is out of range; give a port in 1..65535")
-    return port
+    if not re.fullmatch(r"[0-9]+", text):
+        raise UsageError(f"port {_repr(text)} in {_repr(context)} is not a number; give ID:PORT with PORT in 1..65535")
+    if not is_port(text):
+        raise UsageError(f"port {quoted(text)} in {_repr(context)} is out of range; give a port in 1..65535")
+    return int(text)
+
+
+def _repr(text: str) -> str:
+    """Always quoted, shortened like quoted()."""
+    return repr(text) if len(text) <= QUOTE_LIMIT else quoted(text)
 
 
 def parse_listen_address(text: str) -> tuple[str, int]:
@@ -445,14 +484,24 @@ def is_backed(name: str, backends: list[Backend]) -> bool:
 
 def chosen_port(backend: Backend, given: int | None) -> int | None:
     """The private port asked for: ID:PORT, else the label haproxy-docker-config.port, else None."""
-    label = backend.labels.get(LABEL_PORT)
-    if given is not None or label is None:
+    if given is not None:
         return given
-    if not label.isdigit() or not 1 <= int(label) <= 65535:
-        what, ref = _subject(backend)
-        raise DockerError(f"{what} has label {LABEL_PORT}={label!r}, which is not a port "
-                          f"in 1..65535; fix the label or give {ref}:PORT")
-    return int(label)
+    label = label_value(backend, LABEL_PORT)
+    return None if label is None else int(label)
+
+
+def label_value(backend: Backend, key: str) -> str | None:
+    """The value of one of the tool's labels, checked before any use with bounded work (the length first);
+    None when the container (or service) has no such label; LabelError when the value is malformed."""
+    value = backend.labels.get(key)
+    if value is None:
+        return None
+    what, ref = _subject(backend)
+    pattern, wanted, fix = LABEL_RULES[key]
+    if len(value) <= LABEL_LIMIT and pattern.fullmatch(value) and (key != LABEL_PORT or is_port(value)):
+        return value
+    raise LabelError(f"{what} has label {key}={quoted(value)}, which is not {wanted}; fix the label"
+                     + (f" or give {ref}:PORT" if key == LABEL_PORT else fix), key=(backend.id, key))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -531,7 +580,7 @@ class Addressing:
     def reach_for(self, backend: Backend) -> Published | OnNetwork:
         """The container's (or service's) label wins, then --network, then the one network a task's service
         is on, or the one network a container shares with haproxy's container."""
-        chosen = backend.labels.get(LABEL_NETWORK) or self.network
+        chosen = label_value(backend, LABEL_NETWORK) or self.network
         if chosen:
             return OnNetwork(chosen)
         if backend.service is not None:
@@ -1102,12 +1151,15 @@ class Engine:
         try:
             client = docker.from_env(environment=env, timeout=self.timeout,
                                      use_ssh_client=self.describe().startswith("ssh://"))
-        except docker.errors.DockerException as exc:
+        except _docker_failures() as exc:
             raise self._failure("reach the Docker engine at", exc) from exc
         return client.api
 
     def _failure(self, what: str, exc: BaseException) -> DockerError:
-        return DockerError(f"cannot {what} {self.describe()} ({_root_cause(exc)}); start dockerd or give --docker-url")
+        """The engine failed: the next call reconnects (it may be back by then)."""
+        self.forget()
+        return DockerError(f"cannot {what} {self.describe()} ({_docker_reason(exc)}); start dockerd or give "
+                           f"--docker-url")
 
     def inspect(self, ref: str) -> dict[str, Any] | None:
         """docker inspect of a container by id, unique prefix or name; None if unknown."""
@@ -1118,8 +1170,8 @@ class Engine:
         except docker.errors.NotFound:
             return None
         except docker.errors.APIError as exc:
-            raise DockerError(f"container {ref}: {exc.explanation or exc}; give a longer id or the name") from exc
-        except docker.errors.DockerException as exc:
+            raise DockerError(f"container {ref}: {_docker_reason(exc)}; give a longer id or the name") from exc
+        except _docker_failures() as exc:
             raise self._failure("reach the Docker engine at", exc) from exc
 
     def running(self) -> list[Backend]:
@@ -1137,22 +1189,18 @@ class Engine:
                      if any(m.get("Source") == path for m in c.get("Mounts") or ())), None)
 
     def _listed(self, filters: dict[str, list[str]], everything: bool = False) -> list[dict[str, Any]]:
-        import docker
-
         try:
             listed = self.api.containers(all=everything, filters=filters)
-        except docker.errors.DockerException as exc:
+        except _docker_failures() as exc:
             raise self._failure("list containers at", exc) from exc
         self.answered_at = time.monotonic()
         return listed
 
     def _call(self, what: str, call: Callable[[], Any]) -> Any:
         """A Docker API call; a failure is a DockerError saying what could not be done."""
-        import docker
-
         try:
             return call()
-        except docker.errors.DockerException as exc:
+        except _docker_failures() as exc:
             raise self._failure(what, exc) from exc
 
     def swarm_role(self) -> str | None:
@@ -1190,7 +1238,7 @@ class Engine:
             return self.api.inspect_service(ref)
         except docker.errors.NotFound:
             return None
-        except docker.errors.DockerException as exc:
+        except _docker_failures() as exc:
             raise self._failure("reach the Docker engine at", exc) from exc
 
     def _exposed(self, service: dict[str, Any]) -> tuple[int, ...]:
@@ -1198,11 +1246,10 @@ class Engine:
         engine has the image (asked once per image: an image does not change)."""
         image = ((service["Spec"].get("TaskTemplate") or {}).get("ContainerSpec") or {}).get("Image", "")
         if image not in self._image_ports:
-            import docker
 
             attrs = None
             for ref in dict.fromkeys(r for r in (image, image.partition("@")[0]) if r):
-                with contextlib.suppress(docker.errors.DockerException):
+                with contextlib.suppress(*_docker_failures()):
                     attrs = attrs or self.api.inspect_image(ref)
             self._image_ports[image] = _tcp_ports(((attrs or {}).get("Config") or {}).get("ExposedPorts"))
         return tuple(sorted(set(service_ports(service)) | set(self._image_ports[image])))
@@ -1215,7 +1262,7 @@ class Engine:
             return self.api.inspect_network(ref)["Name"]
         except docker.errors.NotFound:
             raise DockerError(f"no Docker network {quoted(ref)}; check the name with docker network ls") from None
-        except docker.errors.DockerException as exc:
+        except _docker_failures() as exc:
             raise self._failure("reach the Docker engine at", exc) from exc
 
     def shared_networks(self, container: str) -> frozenset[str] | None:
@@ -1228,6 +1275,26 @@ class Engine:
             return None
         networks = (attrs.get("NetworkSettings") or {}).get("Networks") or {}
         return frozenset(networks) - set(DEFAULT_NETWORKS)
+
+
+def _docker_failures() -> tuple[type[BaseException], ...]:
+    """What a Docker API call raises when the engine fails: docker's errors, and requests' for a connection
+    that broke under a client made while the engine was up (docker-py does not wrap those)."""
+    import docker
+    import requests
+
+    return docker.errors.DockerException, requests.exceptions.RequestException
+
+
+def _docker_reason(exc: BaseException) -> str:
+    """Why a Docker call failed, in words: the engine's own explanation, not the request's URL."""
+    import docker
+
+    if isinstance(exc, docker.errors.APIError):
+        explanation = exc.explanation.decode(errors="replace") if isinstance(exc.explanation, bytes) \
+            else exc.explanation
+        return str(explanation or f"HTTP {exc.status_code}")
+    return _root_cause(exc)
 
 
 def running_backend(ref: ContainerRef, attrs: dict[str, Any] | None, host_ip: str) -> Backend:
@@ -1421,7 +1488,8 @@ class Runtime:
         (said in one line: an unknown command makes older versions answer with their whole help)."""
         log.info("runtime> %s", command)
         answer = self._exchange(command)
-        log.info("haproxy< %s", answer or "(ok)")
+        for line in (answer or "(ok)").splitlines():
+            log.info("haproxy< %s", line)
         if accepted and not any(answer.startswith(a) if a else not answer for a in accepted):
             raise HaproxyError(f"haproxy refused '{command}': {answer.splitlines()[0] if answer else 'no answer'}")
         return answer
@@ -1705,8 +1773,17 @@ class ContainerHaproxy:
 
         try:
             return call()
-        except docker.errors.DockerException as exc:
-            raise HaproxyError(f"cannot {what} in container {self.name} ({_root_cause(exc)}); "
+        except docker.errors.NotFound as exc:
+            raise HaproxyError(f"no container {quoted(self.name)} for --haproxy-container ({_docker_reason(exc)}); "
+                               f"check the name with docker ps") from exc
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:  # "Container ... is not running" (or paused, restarting)
+                raise HaproxyError(f"haproxy's container {quoted(self.name)} is not running (cannot {what} "
+                                   f"there); start it: docker start {self.name}") from exc
+            raise HaproxyError(f"cannot {what} in container {self.name} ({_docker_reason(exc)}); "
+                               f"check --haproxy-container") from exc
+        except _docker_failures() as exc:
+            raise HaproxyError(f"cannot {what} in container {self.name} ({_docker_reason(exc)}); "
                                f"check --haproxy-container") from exc
 
     def check(self, path: Path, shown: str) -> tuple[bool, str]:
@@ -1787,6 +1864,8 @@ class Report:
     runtime: str | None = None
     servers: list[str] | None = None
     diff: str | None = None
+    #: the config as the run left it (not in the JSON/YAML document): a watcher tells hand edits by it
+    text: str | None = dataclasses.field(default=None, metadata={"internal": True})
 
     def absorb(self, part: Report) -> None:
         """Add the outcome of one listener's pass (sync over several listeners, watch)."""
@@ -1795,6 +1874,7 @@ class Report:
         self.restarted |= part.restarted
         self.runtime = part.runtime or self.runtime
         self.diff = (self.diff or "") + part.diff if part.diff else self.diff
+        self.text = part.text or self.text
 
     @property
     def status(self) -> int:
@@ -1995,11 +2075,14 @@ def desired_servers(template: str, fleet: Fleet, addressing: Addressing) -> dict
             continue
         try:
             endpoint = addressing.endpoint(backend, None)
+        except LabelError as exc:
+            log.warning("warning: %s; skipped", exc, extra={"once": exc.key})
+            continue
         except PortError as exc:
-            log.warning("warning: %s (or label it %s=PORT); skipped", exc, LABEL_PORT)
+            log.warning("warning: %s (or label it %s=PORT); skipped", exc, LABEL_PORT, extra=_once(backend, "port"))
             continue
         except DockerError as exc:
-            log.warning("warning: %s; skipped", exc)
+            log.warning("warning: %s; skipped", exc, extra=_once(backend, "address"))
             continue
         line = render_template(template, template_values(backend, endpoint))
         wanted[server_name(line)] = (line, endpoint)
@@ -2096,7 +2179,7 @@ def run(args: argparse.Namespace) -> Report:
     if mode.action == "status":
         return status(mode, engines)
     if mode.action in ("sync", "prune"):
-        return sync(mode, mode.action, engines, set())
+        return sync(mode, mode.action, engines)[0]
     if mode.action == "add":
         return _write(mode.file, mode.haproxy, Report(mode.listener, "add"), {
             mode.listener: lambda listener: add_containers(listener, list(mode.refs), engines[0],
@@ -2158,12 +2241,14 @@ def _write(file: FileOptions, options: HaproxyOptions, report: Report, edits: di
             except ConfigError as exc:
                 if not skip:
                     raise
-                log.warning("warning: %s; listener %s skipped, the others are synced", exc, name)
+                log.warning("warning: %s; listener %s skipped, the others are synced", exc, quoted(name),
+                            extra={"once": ("listener", name)})
                 continue
             new = listener.text()
             changes[name] = live_changes(before, _server_lines(listener))
         report.changed = new != old
         report.diff = unified_diff(str(path), old, new) if file.diff else None
+        report.text = old if file.dry_run else new
         if report.changed:
             _replace_and_apply(file, options, target, (old, new), haproxy, engine, report, changes)
         else:
@@ -2173,19 +2258,20 @@ def _write(file: FileOptions, options: HaproxyOptions, report: Report, edits: di
     return report
 
 
-def sync(mode: Mode, action: str, engines: list[Engine], remembered: set[str],
-         excluded: frozenset[str] = frozenset()) -> Report:
-    """--sync / --prune: one pass over the listener -l, or every listener that labels name, in one write."""
+def sync(mode: Mode, action: str, engines: list[Engine], remembered: frozenset[str] = frozenset(),
+         excluded: frozenset[str] = frozenset()) -> tuple[Report, list[str]]:
+    """--sync / --prune: one pass over the listener -l, or every listener that labels name (and those
+    `remembered`), in one write; the report and the listeners it covered."""
     fleets = _fleets(mode, action, engines, remembered, excluded)
     if not fleets:
-        return Report(mode.listener, action)
+        return Report(mode.listener, action), []
     reach = _addressing(mode, engines[0]) if action == "sync" else Addressing()
     edits = {name: functools.partial(_sync_edit, action, name, fleet, reach) for name, fleet in fleets.items()}
     report = _write(mode.file, mode.haproxy, Report(mode.listener, action), edits, engines[0],
                     skip=mode.listener is None)
     if mode.listener is None:
         report.servers = None
-    return report
+    return report, list(fleets)
 
 
 def _sync_edit(action: str, name: str, fleet: Fleet, reach: Addressing, listener: Listener) -> list[Result]:
@@ -2195,7 +2281,7 @@ def _sync_edit(action: str, name: str, fleet: Fleet, reach: Addressing, listener
     return results
 
 
-def _fleets(mode: Mode, action: str, engines: list[Engine], remembered: set[str],
+def _fleets(mode: Mode, action: str, engines: list[Engine], remembered: frozenset[str],
             excluded: frozenset[str]) -> dict[str, Fleet]:
     """What each listener should hold. Containers: --filter, else the listen label; services (on a
     swarm manager): --service, else the service's listen label. --prune: everything that runs."""
@@ -2219,12 +2305,22 @@ def _service_picker(listener: str, names: tuple[str, ...]) -> ServicePicker:
     return lambda s: (s["Spec"].get("Labels") or {}).get(LABEL_LISTEN) == listener
 
 
-def _labelled_fleets(fleet: Fleet, remembered: set[str]) -> dict[str, Fleet]:
-    """One fleet per listener that a container's label names (any state, so emptied ones are synced too)."""
-    remembered.update(b.labels.get(LABEL_LISTEN, "") for b in fleet.selected)
-    remembered.discard("")
-    return {name: Fleet([b for b in fleet.selected if b.labels.get(LABEL_LISTEN) == name], fleet.known)
-            for name in sorted(remembered)}
+def _labelled_fleets(fleet: Fleet, remembered: frozenset[str]) -> dict[str, Fleet]:
+    """One fleet per listener that a container's label names (any state, so emptied ones are synced too);
+    a container whose label is no listener name is skipped with a warning."""
+    named: dict[str, list[Backend]] = {}
+    for backend in fleet.selected:
+        try:
+            named.setdefault(label_value(backend, LABEL_LISTEN) or "", []).append(backend)
+        except LabelError as exc:
+            log.warning("warning: %s; skipped", exc, extra={"once": exc.key})
+    named.pop("", None)
+    return {name: Fleet(named.get(name, []), fleet.known) for name in sorted(remembered | set(named))}
+
+
+def _once(backend: Backend, what: str) -> dict[str, Any]:
+    """The `extra` of a warning about one container that a watcher says once (until its text changes)."""
+    return {"once": (backend.id, what)}
 
 
 def _server_lines(listener: Listener) -> dict[str, str]:
@@ -2304,16 +2400,29 @@ def _replace(target: Path, shown: str, old: str, new: str, checker: HostHaproxy 
         in_place = why_in_place()
         backup = _write_beside(target, old.encode("latin-1"), ".bak.tmp")
         os.replace(backup, target.with_name(target.name + ".bak"))
+        before = target.stat()
         if in_place:
             _write_in_place(target, new.encode("latin-1"))
         else:
             os.replace(candidate, target)
         _fsync_dir(target.parent)
+        _say_owner_change(shown, before, target.stat())
         how = f"in place, because {in_place}" if in_place else "by atomic rename"
         log.info("wrote %s %s (previous version in %s.bak)", shown, how, target.name)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(candidate)
+
+
+def _say_owner_change(shown: str, before: os.stat_result, after: os.stat_result) -> None:
+    """A user who may not give a file its owner or group (not root, not in that group) changes them by
+    rewriting it: said once (a watcher writes again and again), with how to avoid it."""
+    if (before.st_uid, before.st_gid) == (after.st_uid, after.st_gid):
+        return
+    log.warning("warning: %s now belongs to %d:%d instead of %d:%d: uid %d may not give a file that owner or "
+                "group; run the tool as the file's owner, in its group (docker run --group-add %d), or give "
+                "the file a group this user is in", shown, after.st_uid, after.st_gid, before.st_uid,
+                before.st_gid, os.geteuid(), before.st_gid, extra={"once": ("owner", shown)})
 
 
 def _validate(checker: HostHaproxy | ContainerHaproxy, candidate: Path, target: Path, shown: str) -> None:
@@ -2363,6 +2472,57 @@ def _applied_live(options: HaproxyOptions, shown: str, settings: GlobalSettings,
     log.info("applied live through %s", address)
     report.runtime = "applied"
     return True
+
+
+def reconcile(file: FileOptions, options: HaproxyOptions, listeners: list[str]) -> None:
+    """--watch, after each pass: the running haproxy's servers of these listeners as the file has them
+    (a server written by hand, a change that a haproxy missed while it was down). Missing servers are
+    added and moved ones readdressed live; a server of the template's shape that the file no longer
+    has is disabled, and deleted once nothing uses it; what haproxy refuses is said once and waits
+    for a reload. Nothing is asked of a haproxy without dynamic servers."""
+    if file.dry_run or not listeners:
+        return
+    text = read_config(Path(file.path))
+    address = _runtime_address(options, global_settings(text))
+    if address is None:
+        return
+    runtime = Runtime(address)
+    try:
+        version = runtime.version()
+        if version is not None and version.without_dynamic_servers():
+            return
+        for name in listeners:
+            with contextlib.suppress(ConfigError):  # a listener the file lacks: the pass said so
+                _reconcile_listener(runtime, Listener(text, name, file.path), name)
+    except RuntimeUnavailable:
+        return  # the watcher's liveness check says it
+
+
+def _reconcile_listener(runtime: Runtime, listener: Listener, backend: str) -> None:
+    lines, live = _server_lines(listener), runtime.servers(backend)
+    for name, line in lines.items():
+        if name not in live or _address_differs(server_address(line), live[name]):
+            try:
+                _upsert_live(runtime, backend, line, live)
+            except HaproxyError as exc:
+                log.warning("warning: %s; server %s of the file waits for a reload of haproxy", exc, name,
+                            extra={"once": ("reconcile", backend, line)})
+    shape = _name_pattern(listener)
+    gone = [n for n in live if n not in lines and shape is not None and shape.fullmatch(n)]
+    disabled = runtime.disabled(backend) if gone else set()
+    for name in gone:
+        if name not in disabled:
+            runtime.ask(f"disable server {backend}/{name}", "")
+        if not runtime.in_use(backend, name):
+            runtime.ask(f"del server {backend}/{name}", "Server deleted", "Server still has connections")
+
+
+def _name_pattern(listener: Listener) -> re.Pattern[str] | None:
+    """The shape of the names the template gives servers; None for a listener without one template."""
+    try:
+        return template_pattern(listener.template()[1].split()[0])
+    except (ConfigError, IndexError):
+        return None
 
 
 def _still_the_same(runtime: Runtime, pid: str) -> None:
@@ -2457,14 +2617,15 @@ class Observer:
 
     idle_resync: float | None = None  # run a pass after this many seconds without events
 
-    def event(self, engine: Engine) -> None:
+    def event(self, url: str) -> None:
         """A container event arrived from this engine."""
 
-    def reconnected(self, engine: Engine) -> None:
+    def reconnected(self, url: str) -> None:
         """This engine's event stream is back after it dropped."""
 
-    def passed(self, report: Report | None, answered: list[Engine], listeners: list[str]) -> None:
-        """A pass ended: its report (None when it failed), the engines that answered in it, the listeners."""
+    def passed(self, report: Report | None, answered: list[Engine], listeners: list[str], error: str = "") -> None:
+        """A pass ended: its report (None when it failed, saying `error`), the engines that answered in
+        it, the listeners."""
 
     def haproxy(self, answers: bool | None, lost: str) -> None:
         """After a pass: whether haproxy answers on the stats socket (None: no socket to ask), and why a
@@ -2490,6 +2651,7 @@ class Metrics(Observer):
         self.config, self.stale_after = config, coalesce + HEALTH_GRACE
         self.synced: dict[str, float] = {}
         self.lost = ""  # why the haproxy that answered no longer does
+        self.error = ""  # why the last pass failed
         self.urls = [e.describe() for e in engines]
         self.registry = prometheus_client.CollectorRegistry()
         self._declare(prometheus_client)
@@ -2505,6 +2667,8 @@ class Metrics(Observer):
                                  ("engine",))
         self.passes = metric(prom.Counter, "sync_passes", "Sync passes run (after events, reconnects, idle)")
         self.failures = metric(prom.Counter, "failed_passes", "Sync passes that failed (an ERROR line)")
+        self.failing = metric(prom.Gauge, "pass_failing", "1 while the last pass failed (it is retried with "
+                              "backoff), else 0")
         self.changes = metric(prom.Counter, "server_changes", "Servers added, updated and removed",
                               ("listener", "change"))
         self.applied = metric(prom.Counter, "writes", "Config writes by how haproxy took them: live (Runtime "
@@ -2530,6 +2694,7 @@ class Metrics(Observer):
     def healthy(self) -> tuple[bool, str]:
         stale = [url for url in self.urls if self.age(url) > self.stale_after]
         said = ([f"not synced within {self.stale_after:g} s: {', '.join(stale)}\n"] if stale else []) + \
+            ([f"the last pass failed: {one_line(self.error)}\n"] if stale and self.error else []) + \
             ([self.lost + "\n"] if self.lost else [])
         return (False, "".join(said)) if said else (True, "ok\n")
 
@@ -2537,14 +2702,16 @@ class Metrics(Observer):
         self.haproxy_up.set(float("nan") if answers is None else float(answers))
         self.lost = lost
 
-    def event(self, engine: Engine) -> None:
-        self.events.labels(engine.describe()).inc()
+    def event(self, url: str) -> None:
+        self.events.labels(url).inc()
 
-    def reconnected(self, engine: Engine) -> None:
-        self.reconnects.labels(engine.describe()).inc()
+    def reconnected(self, url: str) -> None:
+        self.reconnects.labels(url).inc()
 
-    def passed(self, report: Report | None, answered: list[Engine], listeners: list[str]) -> None:
+    def passed(self, report: Report | None, answered: list[Engine], listeners: list[str], error: str = "") -> None:
         self.passes.inc()
+        self.error = error
+        self.failing.set(report is None)
         if report is None:
             self.failures.inc()
             return
@@ -2606,6 +2773,46 @@ def _serve(address: tuple[str, int], metrics: Metrics) -> Any:
                          f"give a free ADDR:PORT") from exc
 
 
+def one_line(text: str) -> str:
+    """What goes to stderr is one line: line breaks and other unprintable characters in what a message
+    quotes (a label, a config line, haproxy's answer) are shown escaped."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+class PlainLines(logging.Formatter):
+    """Plain stderr lines: each record one line (a traceback under -v is the one exception)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = one_line(record.getMessage())
+        return message + ("\n" + self.formatException(record.exc_info) if record.exc_info else "")
+
+
+class SayOnce(logging.Filter):
+    """In a watch, a warning logged with extra={"once": key} is said once per key, and again only when its
+    text changes (a label fixed to another bad value): a bad container does not fill the log every pass."""
+
+    LIMIT = 10_000  # keys remembered; the oldest is forgotten first
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.said: dict[Any, str] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = getattr(record, "once", None)
+        if key is None:
+            return True
+        text = record.getMessage()
+        if self.said.get(key) == text:
+            return False
+        self.said.pop(key, None)
+        self.said[key] = text
+        if len(self.said) > self.LIMIT:
+            del self.said[next(iter(self.said))]
+        return True
+
+
 class JsonLines(logging.Formatter):
     """--log-format json: every stderr line one JSON object with the same keys, for log shippers."""
 
@@ -2639,30 +2846,207 @@ def _change_fields(result: Result, engines: list[Engine]) -> dict[str, Any]:
 ###############################################################################
 
 
+@dataclasses.dataclass(frozen=True)
+class Connected:
+    """An engine's event stream is (again) there: a full pass, so that events missed meanwhile are not lost."""
+
+    url: str
+
+
+@dataclasses.dataclass(frozen=True)
+class DockerEvent:
+    """A container, network, service or node event that can change what a listener holds."""
+
+    url: str
+    event: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class TasksMoved:
+    """A swarm manager's running tasks changed (tasks on other nodes make no event here)."""
+
+    url: str
+
+
+@dataclasses.dataclass(frozen=True)
+class FileChanged:
+    """The config's inode, size or times changed: maybe an edit by hand."""
+
+
+Wake = Union[Connected, DockerEvent, TasksMoved, FileChanged]
+
+
+class Backoff:
+    """When to try again after failed passes: 1 s, doubling to 30 s, back to 1 s after a pass that worked."""
+
+    def __init__(self) -> None:
+        self.failures, self.due, self.said = 0, float("inf"), ""
+
+    def failed(self, message: str) -> None:
+        """Say a failure in one ERROR line, the same one again only with -v; schedule the retry."""
+        delay = min(RETRY_FIRST * 2 ** self.failures, RETRY_LAST)
+        self.failures += 1
+        self.due = time.monotonic() + delay
+        same = re.sub(r"\(\d+\) :", "(PID) :", message)  # haproxy's alerts name its pid, new at each -c
+        if same != self.said:
+            log.warning("ERROR: %s; retrying in %gs", message, delay)
+        else:
+            log.info("still failing (retrying in %gs): %s", delay, message)
+        self.said = same
+
+    def worked(self) -> None:
+        if self.said:
+            log.warning("the pass works again")
+        self.failures, self.due, self.said = 0, float("inf"), ""
+
+
+class Watcher:
+    """--watch: one pass now, then one per burst of wake-ups, until SIGTERM/SIGINT.
+
+    The threads only post typed wake-ups (each with its own Docker connection); the state a watch keeps
+    between passes lives here, and only the loop in run() changes it."""
+
+    def __init__(self, mode: Mode, engines: list[Engine]) -> None:
+        self.mode, self.engines = mode, engines
+        self.wakes: queue.Queue[Wake] = queue.Queue()
+        self.stop = threading.Event()
+        self.observer = Metrics(mode.metrics, engines, mode.file.path, mode.coalesce) if mode.metrics else Observer()
+        self.total = Report(mode.listener, "watch")
+        self.listeners: frozenset[str] = frozenset()  # every listener a label named: served also once emptied
+        self.excluded: set[str] = set()  # ids that events said stopped or turned unhealthy
+        self.retry = Backoff()
+        self.liveness = Liveness()
+        self.text: str | None = None  # the config as the last pass left it: other text is a hand edit
+
+    def run(self) -> Report:
+        handlers = {sig: signal.signal(sig, lambda *_: self.stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+        once = SayOnce()
+        log.addFilter(once)
+        try:
+            self._start_threads()
+            while (burst := self._next_burst()) is not None:
+                self._note_deaths(burst)
+                self._pass()
+        finally:
+            self.stop.set()
+            log.removeFilter(once)
+            self.observer.close()
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+        log.warning("stopped watching; %s is complete", self.mode.file.path)
+        return self.total
+
+    def _start_threads(self) -> None:
+        """Per engine an event follower and a task poller, and one watcher of the file; each connection
+        posts Connected first, which starts with a full pass."""
+        filtered = bool(self.mode.filters)
+        for engine in self.engines:
+            for target, args in ((_follow, (filtered,)), (_poll_tasks, (self.mode.swarm_poll,))):
+                threading.Thread(target=target, args=(Engine(engine.url, host_ip=engine.host_ip), self, *args),
+                                 daemon=True).start()
+        threading.Thread(target=_watch_file, args=(Path(self.mode.file.path), self), daemon=True).start()
+
+    def post(self, wake: Wake) -> None:
+        self.wakes.put(wake)
+
+    def _next_burst(self) -> list[Wake] | None:
+        """Wait for a wake-up, then gather those of the next --coalesce seconds; None once asked to stop;
+        an empty burst when a retry is due, or after the idle resync time without any. A task poll's or
+        a file's finding starts at once: the poll has already gathered (what is queued joins it)."""
+        burst: list[Wake] = []
+        idle = self.observer.idle_resync
+        wait_until = min(self.retry.due, time.monotonic() + idle if idle is not None else float("inf"))
+        while not burst:
+            try:
+                burst.append(self.wakes.get(timeout=0.2))
+            except queue.Empty:
+                if self.stop.is_set():
+                    return None
+                if time.monotonic() >= wait_until:
+                    return []
+        quick = isinstance(burst[0], (TasksMoved, FileChanged))
+        deadline = time.monotonic() + (0 if quick else self.mode.coalesce)
+        while not self.stop.is_set() and (left := deadline - time.monotonic()) > 0:
+            with contextlib.suppress(queue.Empty):
+                burst.append(self.wakes.get(timeout=min(left, 0.2)))
+        with contextlib.suppress(queue.Empty):
+            while True:
+                burst.append(self.wakes.get_nowait())
+        return None if self.stop.is_set() else burst
+
+    def _note_deaths(self, burst: list[Wake]) -> None:
+        """Docker's container list can lag its events (a `die` before the state says exited), and a
+        container told to stop may still finish its requests: what the events said wins, until the
+        container starts again."""
+        for event in (w.event for w in burst if isinstance(w, DockerEvent)):
+            status, cid = event.get("status", ""), event.get("id", "")
+            signal_number = ((event.get("Actor") or {}).get("Attributes") or {}).get("signal")
+            if status in ("die", "stop") or status.startswith("health_status: unhealthy") or \
+                    (status == "kill" and signal_number in STOP_SIGNALS):
+                self.excluded.add(cid)
+            elif status in ("start", "unpause", "destroy") or status.startswith("health_status: healthy"):
+                self.excluded.discard(cid)
+
+    def _pass(self) -> None:
+        """One sync, then the running haproxy's servers brought in step with the file; a failure is said
+        once and retried with backoff, the watch goes on."""
+        started = time.monotonic()
+        try:
+            self._hand_edit()
+            report, covered = sync(self.mode, "sync", self.engines, self.listeners, frozenset(self.excluded))
+            self.listeners |= set(covered)
+            reconcile(self.mode.file, self.mode.haproxy, covered)
+            self.text = report.text or self.text
+        except Exception as exc:  # noqa: BLE001 (a bug or a surprise of the system must not end the watch either)
+            log.debug("the pass failed", exc_info=True)
+            said = str(exc) if isinstance(exc, HdcError) else f"unexpected {type(exc).__name__}: {exc}"
+            self.retry.failed(one_line(said))
+            self.observer.passed(None, [], [], said)
+        else:
+            self.retry.worked()
+            self._say(report)
+            self.total.absorb(report)
+            self.observer.passed(report, [e for e in self.engines if e.answered_at >= started],
+                                 [self.mode.listener] if self.mode.listener else sorted(self.listeners))
+        self.observer.haproxy(*self.liveness.check(self.mode))
+
+    def _hand_edit(self) -> None:
+        """When the file is not as the last pass left it (edited by hand), haproxy must accept it as it is
+        before anything is applied from it. What the watcher applies of a hand edit is its server lines
+        (this pass brings haproxy's servers in step); for the rest it says once that a reload is the
+        operator's. A rejected edit fails the pass, and every retry looks again."""
+        path = Path(self.mode.file.path)
+        text = read_config(path)
+        if self.text is None or text == self.text:
+            self.text = text
+            return
+        checker = _haproxy(self.mode.haproxy, self.mode.file.validate, self.engines[0])
+        if checker is not None and self.mode.file.validate:
+            accepted, alerts = checker.check(path, str(path))
+            if not accepted:
+                raise ConfigError(f"haproxy rejects {path} as it was edited (haproxy -c: "
+                                  f"{alerts.splitlines()[0] if alerts else 'no alert line'}); fix it")
+        if _without_servers(text) != _without_servers(self.text):
+            log.warning("warning: %s was edited beyond its server lines; the watcher applies only server "
+                        "lines: reload haproxy to apply the rest", path)
+        self.text = text
+
+    def _say(self, report: Report) -> None:
+        for r in report.results:
+            if isinstance(r, Result):
+                where = f" {r.ip}:{r.port}" if r.port else ""
+                log.warning("%s %s/%s%s", r.status, r.listener, r.server, where,
+                            extra={"change": _change_fields(r, self.engines)})
+
+
 def watch(mode: Mode, engines: list[Engine]) -> Report:
     """--watch: sync, then sync again on every burst of container events, until SIGTERM/SIGINT."""
-    total, remembered, excluded = Report(mode.listener, "watch"), set(), set()
-    events: queue.Queue[Any] = queue.Queue()
-    stop = threading.Event()
-    observer = Metrics(mode.metrics, engines, mode.file.path, mode.coalesce) if mode.metrics else Observer()
-    handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        for engine in engines:  # each connection posts "connected", which starts with a full sync
-            threading.Thread(target=_follow, args=(engine, events, stop, observer, bool(mode.filters)),
-                             daemon=True).start()
-            threading.Thread(target=_poll_tasks, args=(engine, events, stop, mode.swarm_poll), daemon=True).start()
-        alive = Liveness()
-        while (burst := _next_burst(events, stop, mode.coalesce, observer.idle_resync)) is not None:
-            _note_deaths(burst, excluded)
-            _watch_pass(mode, engines, total, remembered, excluded, observer)
-            observer.haproxy(*alive.check(mode))
-    finally:
-        stop.set()
-        observer.close()
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
-    log.warning("stopped watching; %s is complete", mode.file.path)
-    return total
+    return Watcher(mode, engines).run()
+
+
+def _without_servers(text: str) -> str:
+    """The config without its server lines: what a hand edit changed beyond the servers."""
+    return re.sub(r"^[ \t]*server[ \t][^\n]*\n?", "", text, flags=re.MULTILINE)
 
 
 class Liveness:
@@ -2709,72 +3093,53 @@ class Liveness:
         return self.lost
 
 
-def _note_deaths(burst: list[Any], excluded: set[str]) -> None:
-    """Docker's container list can lag its events (a `die` before the state says exited), and a
-    container told to stop may still finish its requests: what the events said wins, until the
-    container starts again."""
-    for event in burst:
-        if not isinstance(event, dict):
-            continue
-        status, cid = event.get("status", ""), event.get("id", "")
-        signal_number = ((event.get("Actor") or {}).get("Attributes") or {}).get("signal")
-        if status in ("die", "stop") or status.startswith("health_status: unhealthy") or \
-                (status == "kill" and signal_number in STOP_SIGNALS):
-            excluded.add(cid)
-        elif status in ("start", "unpause", "destroy") or status.startswith("health_status: healthy"):
-            excluded.discard(cid)
+def _watch_file(path: Path, watcher: Watcher) -> None:
+    """Post FileChanged when the config's inode, size or times change (an editor's rename-over, `sed -i`,
+    a write in place), every FILE_POLL seconds; the passes tell the tool's own writes apart by content."""
+    def signature() -> tuple[int, ...] | None:
+        with contextlib.suppress(OSError):
+            st = path.stat()
+            return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+        return None
+
+    seen = signature()
+    while not watcher.stop.wait(FILE_POLL):
+        now = signature()
+        if now != seen:
+            seen = now
+            watcher.post(FileChanged())
 
 
-def _watch_pass(mode: Mode, engines: list[Engine], total: Report, remembered: set[str],
-                excluded: set[str], observer: Observer) -> None:
-    """One sync; an error is logged and the watch goes on (the next event or reconnect retries)."""
-    started = time.monotonic()
-    try:
-        report = sync(mode, "sync", engines, remembered, frozenset(excluded))
-    except HdcError as exc:
-        log.warning("ERROR: %s", exc)
-        observer.passed(None, [], [])
-        return
-    for r in report.results:
-        if isinstance(r, Result):
-            where = f" {r.ip}:{r.port}" if r.port else ""
-            log.warning("%s %s/%s%s", r.status, r.listener, r.server, where,
-                        extra={"change": _change_fields(r, engines)})
-    total.absorb(report)
-    observer.passed(report, [e for e in engines if e.answered_at >= started],
-                    [mode.listener] if mode.listener else sorted(remembered))
-
-
-def _follow(engine: Engine, events: queue.Queue[Any], stop: threading.Event, observer: Observer,
-            filtered: bool) -> None:
-    """Feed one engine's events that can matter to the queue; reconnect with backoff when it drops."""
+def _follow(engine: Engine, watcher: Watcher, filtered: bool) -> None:
+    """Feed one engine's events that can matter to the watcher; reconnect with backoff when it drops."""
     backoff, connections = 0.5, 0
-    while not stop.is_set():
+    url = engine.describe()
+    while not watcher.stop.is_set():
         reason = "the stream ended"
         try:
             swarm = engine.swarm_role() == "manager"  # services and nodes too: their events come from managers
             stream = engine.api.events(decode=True, filters={
                 "type": ["container", "network"] + (["service", "node"] if swarm else []),
                 "event": list(WATCH_EVENTS) + (list(SWARM_EVENTS) if swarm else [])})
-            events.put("connected")  # resync: events missed while away are not lost
+            watcher.post(Connected(url))
             if connections:
-                observer.reconnected(engine)
+                watcher.observer.reconnected(url)
             backoff, connections = 0.5, connections + 1
             for event in stream:
-                observer.event(engine)
+                watcher.observer.event(url)
                 if not _may_matter(event, filtered):
                     continue
-                events.put(event)
+                watcher.post(DockerEvent(url, event))
                 actor = event.get("Actor") or {}
                 log.info("event %s %s %s", event.get("Type"), event.get("Action"),
                          (actor.get("Attributes") or {}).get("container", actor.get("ID", ""))[:12])
         except Exception as exc:  # any failure of the stream means: reconnect
             reason = _root_cause(exc)
-        if stop.is_set():
+        if watcher.stop.is_set():
             return
-        log.warning("warning: lost the events of %s (%s); retrying in %gs", engine.describe(), reason, backoff)
+        log.warning("warning: lost the events of %s (%s); retrying in %gs", url, reason, backoff)
         engine.forget()
-        stop.wait(backoff)
+        watcher.stop.wait(backoff)
         backoff = min(backoff * 2, 10.0)
 
 
@@ -2786,14 +3151,13 @@ def _may_matter(event: dict[str, Any], filtered: bool) -> bool:
     return filtered or event.get("Type") != "container" or LABEL_LISTEN in attributes or TASK_LABEL in attributes
 
 
-def _poll_tasks(engine: Engine, events: queue.Queue[Any], stop: threading.Event, interval: float) -> None:
+def _poll_tasks(poller: Engine, watcher: Watcher, interval: float) -> None:
     """On a swarm manager, one GET /tasks every `interval` (every STARTING_POLL while a task is about
     to run): tasks starting or told to stop on other nodes make no event here. A change in the running
     tasks asks for a pass (so does the first poll)."""
-    poller = Engine(engine.url, host_ip=engine.host_ip)  # its own connection: the passes use the other
     seen: frozenset[tuple[str, ...]] | None = None
     wait = interval
-    while not stop.wait(wait):
+    while not watcher.stop.wait(wait):
         wait = interval
         try:
             if poller.swarm_role() != "manager":
@@ -2806,7 +3170,7 @@ def _poll_tasks(engine: Engine, events: queue.Queue[Any], stop: threading.Event,
             wait = min(interval, STARTING_POLL)
         now = frozenset(_task_key(t) for t in tasks if task_runs(t))
         if now != seen:
-            events.put("tasks")
+            watcher.post(TasksMoved(poller.describe()))
             seen = now
 
 
@@ -2814,31 +3178,6 @@ def _task_key(task: dict[str, Any]) -> tuple[str, ...]:
     """What of a running task matters to a listener: which task, which container, which addresses."""
     addresses = sorted(a for n in task.get("NetworksAttachments") or () for a in n.get("Addresses") or ())
     return (task["ID"], task["Status"]["ContainerStatus"]["ContainerID"], *addresses)
-
-
-def _next_burst(events: queue.Queue[Any], stop: threading.Event, window: float,
-                idle: float | None = None) -> list[Any] | None:
-    """Wait for an event, then collect the events of the next `window` seconds; None once asked to stop;
-    an empty burst (a resync) after `idle` seconds without any. A task poll's finding starts at once:
-    the poll has already gathered (what is queued joins it)."""
-    burst: list[Any] = []
-    waited_until = None if idle is None else time.monotonic() + idle
-    while not burst:
-        try:
-            burst.append(events.get(timeout=0.2))
-        except queue.Empty:
-            if stop.is_set():
-                return None
-            if waited_until is not None and time.monotonic() >= waited_until:
-                return []
-    deadline = time.monotonic() + (0 if burst[0] == "tasks" else window)
-    while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
-        with contextlib.suppress(queue.Empty):
-            burst.append(events.get(timeout=min(left, 0.2)))
-    with contextlib.suppress(queue.Empty):
-        while True:
-            burst.append(events.get_nowait())
-    return None if stop.is_set() else burst
 
 
 ###############################################################################
@@ -2878,7 +3217,8 @@ def render_status(report: Report) -> str:
 
 def as_document(report: Report) -> dict[str, Any]:
     """The one JSON/YAML document: typed, the same schema for both."""
-    doc = dataclasses.asdict(report)
+    doc = {k: v for k, v in dataclasses.asdict(report).items()
+           if not Report.__dataclass_fields__[k].metadata.get("internal")}
     doc["servers"] = None if report.servers is None else [_server_entry(v) for v in report.servers]
     doc["exit_status"] = report.status
     return doc
@@ -3069,11 +3409,6 @@ def build_parser() -> _Parser:
     return p
 
 
-def _one_line(message: str) -> str:
-    """An error is one line: control characters that slipped into a message are shown escaped."""
-    return re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], message)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; every error becomes one line on stderr and its exit status."""
     verbose, error = False, sys.stderr.write
@@ -3083,23 +3418,22 @@ def main(argv: list[str] | None = None) -> int:
             _complete(parser)
         args = parser.parse_args(argv)
         verbose = args.verbose
-        logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
-                            stream=sys.stderr, force=True)
+        logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr, force=True)
+        logging.getLogger().handlers[0].setFormatter(JsonLines() if args.log_format == "json" else PlainLines())
         if args.log_format == "json":
-            logging.getLogger().handlers[0].setFormatter(JsonLines())
             error = lambda text: log.warning(text.rstrip("\n"))  # noqa: E731 (one JSON line too)
         report = run(args)
     except HdcError as exc:
         if verbose:
             log.exception("traceback:")
-        error(f"ERROR: {_one_line(str(exc))}\n" + "".join(f"  {ln}\n" for ln in exc.details.splitlines()))
+        error(f"ERROR: {one_line(str(exc))}\n" + "".join(f"  {one_line(ln)}\n" for ln in exc.details.splitlines()))
         return exc.status
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # a bug or a surprise of the system: still one line, unless -v
         if verbose:
             log.exception("traceback:")
-        error(f"ERROR: unexpected {type(exc).__name__}: {_one_line(str(exc))}; rerun with -v for the traceback\n")
+        error(f"ERROR: unexpected {type(exc).__name__}: {one_line(str(exc))}; rerun with -v for the traceback\n")
         return EXIT_CONFIG
     sys.stdout.write(render(report, args.format or "plain", args.verbose))
     return report.status

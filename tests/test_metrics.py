@@ -172,15 +172,18 @@ def test_healthz_is_503_while_the_engine_is_stopped_and_200_after(tmp_path, priv
     try:
         waited = wait_for(lambda: w.healthz() == 503, 90, "/healthz 503 with the engine stopped")
         code, body = get(w.port, "/healthz")
-        assert (code, body) == (503, f"not synced within 30.25 s: {url}\n")
+        assert (code, body) == (503, f"not synced within 30.25 s: {url}\nthe last pass failed: no Docker engine "
+                                     f"answered ({url}); start dockerd or check --docker-url\n")
+        assert value(scrape(w.port), "pass_failing") == 1
         down = scrape(w.port)
         assert value(down, "seconds_since_sync", engine=url) > 30.25 and value(down, "failed_passes_total") >= 1
         assert waited > 20  # healthy as long as the last pass is recent enough
     finally:
         private_engine.start()
     wait_for(lambda: w.healthz() == 200, 60, "/healthz 200 with the engine back")
-    back = scrape(w.port)
-    assert value(back, "engine_reconnects_total", engine=url) >= 1
+    # the passes retry on their own connection; the event stream comes back after its own backoff
+    wait_for(lambda: value(scrape(w.port), "engine_reconnects_total", engine=url) >= 1, 30, "the stream back")
+    assert value(scrape(w.port), "pass_failing") == 0
     wait_for(lambda: value(scrape(w.port), "managed_servers", listener=name) == 0, 30, "the dead container removed")
     assert w.stop() == 0
     assert f"removed {name}/{c.short_id}" in w.log.read_text()

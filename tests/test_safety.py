@@ -125,6 +125,21 @@ def test_owner_group_and_mode_are_kept(tmp_path, make_container) -> None:
     assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (NOBODY.pw_uid, NOBODY.pw_gid, 0o640)
 
 
+def test_a_rewrite_that_cannot_keep_the_group_says_so_once(open_dir, as_nobody) -> None:
+    cfg = write_config(open_dir, extra_listener_lines="    server abc 127.0.0.1:1")
+    os.chown(open_dir, NOBODY.pw_uid, NOBODY.pw_gid)
+    os.chown(cfg.path, NOBODY.pw_uid, 0)  # nobody's file in group root, as a config mounted from the host can be
+    result = as_nobody("-f", str(cfg.path), "-l", "dockerha-app1", "-d", "abc", env={"DOCKER_HOST": ""})
+    assert result.returncode == 0, result.stderr
+    assert "server abc" not in cfg.path.read_text()
+    st = cfg.path.stat()
+    assert (st.st_uid, st.st_gid) == (NOBODY.pw_uid, NOBODY.pw_gid)  # what really happened to it
+    assert result.stderr == (f"warning: {cfg.path} now belongs to {NOBODY.pw_uid}:{NOBODY.pw_gid} instead of "
+                             f"{NOBODY.pw_uid}:0: uid {NOBODY.pw_uid} may not give a file that owner or group; run "
+                             f"the tool as the file's owner, in its group (docker run --group-add 0), or give the "
+                             f"file a group this user is in\n")
+
+
 # --- the lock -----------------------------------------------------------------------------
 
 def test_a_held_lock_times_out_with_a_message_naming_it(tmp_path, make_container) -> None:
