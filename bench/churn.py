@@ -20,6 +20,7 @@ import argparse
 import concurrent.futures
 import contextlib
 import dataclasses
+import ipaddress
 import os
 import re
 import secrets
@@ -125,7 +126,8 @@ class ContainerHaproxy:
             time.sleep(0.05)
         self.container.reload()
         self.started = self.container.attrs["State"]["StartedAt"]
-        gateway = client.networks.get("bridge").attrs["IPAM"]["Config"][0].get("Gateway", "172.17.0.1")
+        ipam = client.networks.get("bridge").attrs["IPAM"]["Config"][0]
+        gateway = ipam.get("Gateway") or str(next(ipaddress.ip_network(ipam["Subnet"]).hosts()))
         self.args = ["--haproxy-container", self.container.name, "--runtime-socket", str(self.sock),
                      "--host-ip", gateway]
         self.name = image
@@ -150,10 +152,11 @@ def _zombie(pid: int) -> bool:
         return True
 
 
-def start_app(client: docker.DockerClient, listener: str) -> docker.models.containers.Container:
-    """An app that exits at once on SIGTERM, labelled for the listener."""
+def start_app(client: docker.DockerClient, listener: str, host_ip: str) -> docker.models.containers.Container:
+    """An app that exits at once on SIGTERM, labelled for the listener, its port published on host_ip
+    (all interfaces for a haproxy in a container, which reaches it through the bridge's gateway)."""
     return client.containers.run(IMAGE, detach=True, environment={"HDC_GRACE": "0"},
-                                 ports={"8080/tcp": ("127.0.0.1", None)},
+                                 ports={"8080/tcp": (host_ip, None)},
                                  labels={LABEL: RUN, LISTEN: listener})
 
 
@@ -188,8 +191,9 @@ def served(outcome: Outcome, name: str, haproxy: HostHaproxy | ContainerHaproxy,
 
 
 def run(stops: int, retries: bool, image: str | None = None, tool: str | None = None,
-        interval: float = 0.3, clients: int = 4, parallel: int = 1) -> Result:
-    """One churn run on a haproxy of its own; everything it starts is removed again."""
+        interval: float = 0.3, clients: int = 4, parallel: int = 1, reload: bool = False) -> Result:
+    """One churn run on a haproxy of its own (with `reload`, changes reach it by -h where the Runtime API
+    cannot make them); everything it starts is removed again."""
     client = docker.from_env()
     listener = f"churn{secrets.token_hex(3)}"
     with tempfile.TemporaryDirectory(prefix="hdc-churn-") as tmp:
@@ -197,17 +201,19 @@ def run(stops: int, retries: bool, image: str | None = None, tool: str | None = 
         haproxy = (ContainerHaproxy(directory, listener, retries, image, client) if image
                    else HostHaproxy(directory, listener, retries))
         result = Result(haproxy.name, retries, tool or "this checkout")
+        host_ip = "" if image else "127.0.0.1"
         outcome = Outcome()
         try:
-            apps = [start_app(client, listener) for _ in range(POOL + parallel - 1)]
-            with watcher(haproxy.cfg, listener, haproxy.tool_args(), tool, directory / "watch.log"), \
+            apps = [start_app(client, listener, host_ip) for _ in range(POOL + parallel - 1)]
+            extra = [*haproxy.tool_args(), *(["-h"] if reload else [])]  # -h: haproxy without dynamic servers
+            with watcher(haproxy.cfg, listener, extra, tool, directory / "watch.log"), \
                     Load(haproxy.port, clients, outcome):
                 alive = all(served(outcome, app.id[:12], haproxy) for app in apps)
                 counted = len(outcome.latencies), len(outcome.failures)  # before this: the first sync
                 while alive and result.stops < stops:
                     batch = min(parallel, stops - result.stops)
                     with concurrent.futures.ThreadPoolExecutor(batch) as pool:
-                        apps += pool.map(lambda _: start_app(client, listener), range(batch))
+                        apps += pool.map(lambda _: start_app(client, listener, host_ip), range(batch))
                         list(pool.map(lambda app: app.stop(timeout=10), apps[:batch]))
                     del apps[:batch]
                     result.stops += batch

@@ -39,16 +39,26 @@ def _valid(cfg_text: str, tmp_path) -> None:
 def test_a_hundred_stops_of_apps_that_die_at_once_never_crash_haproxy(docker_client, retries, tmp_path) -> None:
     # without retries, three apps stop at once; with them one at a time, as a rolling update stops them
     # (a retry redispatched to another app that is dying too would fail for that reason alone)
-    result = churn.run(stops=100 if not retries else 30, retries=retries, parallel=1 if retries else 3)
+    result = churn.run(stops=100 if not retries else 20, retries=retries, parallel=1 if retries else 3)
     print(churn.line(result))  # the counts of failed requests, with and without the retry settings
     _survived(result)
-    assert result.stops == (100 if not retries else 30)
+    assert result.stops == (100 if not retries else 20)
     assert result.requests > 1000
     _valid(result.final_config, tmp_path)
     assert result.servers_in_file == result.apps_running
     assert result.servers_live == result.apps_running
     if retries:  # a refused connection or an empty answer goes to another server: only cut-off answers fail
         assert all(any(kind in reason for kind in CUT_OFF) for reason in result.reasons), result.reasons
+
+
+@pytest.mark.parametrize("version", ["2.2", "2.6", "2.8", "3.0", "3.2"])
+def test_every_version_in_a_container_survives_the_churn(docker_client, version, tmp_path) -> None:
+    """15 stops of apps that die at once, three at a time (2.2 has no dynamic servers: it is reloaded, -h)."""
+    result = churn.run(stops=15, retries=False, image=f"hdc-haproxy:{version}", parallel=3, reload=version == "2.2")
+    print(churn.line(result))
+    _survived(result)
+    assert result.stops == 15 and result.requests > 200
+    assert result.servers_in_file == result.servers_live == result.apps_running
 
 
 def test_a_haproxy_that_dies_during_a_live_delete_is_reported_not_taken_for_done(tmp_path, make_container,
