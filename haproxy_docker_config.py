@@ -2250,7 +2250,7 @@ def _write(file: FileOptions, options: HaproxyOptions, report: Report, edits: di
         report.diff = unified_diff(str(path), old, new) if file.diff else None
         report.text = old if file.dry_run else new
         if report.changed:
-            _replace_and_apply(file, options, target, (old, new), haproxy, engine, report, changes)
+            Commit(file, options, old, new, changes, haproxy, engine, report).run()
         else:
             log.info("%s unchanged; nothing written, haproxy not restarted", path)
         if listener is not None:
@@ -2337,81 +2337,140 @@ def _haproxy(options: HaproxyOptions, validate: bool, engine: Engine) -> HostHap
     return HostHaproxy(haproxy_binary(options.binary))
 
 
-def _replace_and_apply(file: FileOptions, options: HaproxyOptions, target: Path, contents: tuple[str, str],
-                       haproxy: HostHaproxy | ContainerHaproxy | None, engine: Engine, report: Report,
-                       changes: dict[str, LivePlan]) -> None:
-    """Replace the file, then apply it live or restart; an unvalidated change is rolled back
-    if the restart fails."""
-    old, new = contents
-    checker = haproxy if file.validate else None
-    if checker is None and not file.dry_run:
-        log.warning("warning: --no-validate: %s is replaced without haproxy -c", file.path)
-    settings = global_settings(old)
-    runtime = None if file.dry_run else _runtime_address(options, settings)
-    with concurrent.futures.ThreadPoolExecutor(1) as pool, contextlib.ExitStack() as draining:
-        for name, plan in changes.items():
-            draining.enter_context(_draining_first(runtime, name, plan.removals))
-        asked = pool.submit(in_place_reason, target, file.write_in_place, None if file.dry_run else engine)
-        _replace(target, file.path, old, new, checker, file.dry_run, asked.result)
-    if file.dry_run:
-        return
-    in_place = asked.result()
-    try:
-        if not _applied_live(options, file.path, settings, changes, report, haproxy):
-            report.restarted = _restart(options, file.path, haproxy, settings)
-    except HaproxyError as exc:
-        if checker is not None:
-            raise
-        _replace(target, file.path, new, old, None, False, lambda: in_place)
-        raise HaproxyError(f"{exc}; the change was not validated, so the previous {file.path} "
-                           f"is restored", exc.details) from exc
+@dataclasses.dataclass
+class Commit:
+    """One change of the config, from the text read under the lock to the running haproxy: validate and
+    replace the file, apply the live plan or reload, and roll back an unvalidated change whose reload failed."""
 
+    file: FileOptions
+    options: HaproxyOptions
+    old: str
+    new: str
+    plans: dict[str, LivePlan]  # per listener
+    haproxy: HostHaproxy | ContainerHaproxy | None  # validates and reloads
+    engine: Engine
+    report: Report
 
-@contextlib.contextmanager
-def _draining_first(address: str | None, backend: str, names: list[str]) -> Iterator[None]:
-    """Servers on their way out get no new request while the change is validated (which can take a
-    second through docker exec); they get requests again if the change does not go through."""
-    runtime, drained = Runtime(address) if address and names else None, []
-    with contextlib.suppress(RuntimeUnavailable, HaproxyError):
-        ready = runtime.ready(backend) if runtime else set()
-        for name in (n for n in names if n in ready):
-            runtime.ask(f"disable server {backend}/{name}", "")  # type: ignore[union-attr]
-            drained.append(name)
-    try:
-        yield
-    except BaseException:
-        with contextlib.suppress(RuntimeUnavailable, HaproxyError):
-            for name in drained:
-                runtime.ask(f"enable server {backend}/{name}", "")  # type: ignore[union-attr]
-        raise
+    def __post_init__(self) -> None:
+        self.target = Path(os.path.realpath(self.file.path))
+        self.settings = global_settings(self.old)
+        self.address = None if self.file.dry_run else _runtime_address(self.options, self.settings)
+        self.checker = self.haproxy if self.file.validate else None
 
-
-def _replace(target: Path, shown: str, old: str, new: str, checker: HostHaproxy | ContainerHaproxy | None,
-             dry_run: bool, why_in_place: Callable[[], str | None]) -> None:
-    """Validate the new content beside the target, keep a .bak, then rename it over the target
-    (or rewrite the target in place, when a rename would not reach its readers)."""
-    candidate = _write_beside(target, new.encode("latin-1"), ".tmp")
-    try:
-        if checker:
-            _validate(checker, candidate, target, shown)
-        if dry_run:
-            log.info("dry run: %s not written", shown)
+    def run(self) -> None:
+        if self.checker is None and not self.file.dry_run:
+            log.warning("warning: --no-validate: %s is replaced without haproxy -c", self.file.path)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool, contextlib.ExitStack() as draining:
+            for name, plan in self.plans.items():
+                draining.enter_context(self._draining_first(name, plan.removals))
+            engine = None if self.file.dry_run else self.engine
+            asked = pool.submit(in_place_reason, self.target, self.file.write_in_place, engine)
+            self.replace(self.new, self.old, self.checker, asked.result)
+        if self.file.dry_run:
             return
-        in_place = why_in_place()
-        backup = _write_beside(target, old.encode("latin-1"), ".bak.tmp")
-        os.replace(backup, target.with_name(target.name + ".bak"))
-        before = target.stat()
-        if in_place:
-            _write_in_place(target, new.encode("latin-1"))
+        in_place = asked.result()
+        try:
+            if not self.apply_live():
+                self.report.restarted = self.reload()
+        except HaproxyError as exc:
+            if self.checker is not None:
+                raise
+            self.replace(self.old, self.new, None, lambda: in_place)
+            raise HaproxyError(f"{exc}; the change was not validated, so the previous {self.file.path} "
+                               f"is restored", exc.details) from exc
+
+    @contextlib.contextmanager
+    def _draining_first(self, backend: str, names: list[str]) -> Iterator[None]:
+        """Servers on their way out get no new request while the change is validated (which can take a
+        second through docker exec); they get requests again if the change does not go through."""
+        runtime, drained = Runtime(self.address) if self.address and names else None, []
+        with contextlib.suppress(RuntimeUnavailable, HaproxyError):
+            ready = runtime.ready(backend) if runtime else set()
+            for name in (n for n in names if n in ready):
+                runtime.ask(f"disable server {backend}/{name}", "")  # type: ignore[union-attr]
+                drained.append(name)
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(RuntimeUnavailable, HaproxyError):
+                for name in drained:
+                    runtime.ask(f"enable server {backend}/{name}", "")  # type: ignore[union-attr]
+            raise
+
+    def replace(self, text: str, backup: str, checker: HostHaproxy | ContainerHaproxy | None,
+                why_in_place: Callable[[], str | None]) -> None:
+        """Validate `text` beside the target, keep `backup` as the .bak, then rename it over the target
+        (or rewrite the target in place, when a rename would not reach its readers)."""
+        target, shown = self.target, self.file.path
+        candidate = _write_beside(target, text.encode("latin-1"), ".tmp")
+        try:
+            if checker:
+                _validate(checker, candidate, target, shown)
+            if self.file.dry_run:
+                log.info("dry run: %s not written", shown)
+                return
+            in_place = why_in_place()
+            saved = _write_beside(target, backup.encode("latin-1"), ".bak.tmp")
+            os.replace(saved, target.with_name(target.name + ".bak"))
+            before = target.stat()
+            if in_place:
+                _write_in_place(target, text.encode("latin-1"))
+            else:
+                os.replace(candidate, target)
+            _fsync_dir(target.parent)
+            _say_owner_change(shown, before, target.stat())
+            how = f"in place, because {in_place}" if in_place else "by atomic rename"
+            log.info("wrote %s %s (previous version in %s.bak)", shown, how, target.name)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(candidate)
+
+    def apply_live(self) -> bool:
+        """Apply each listener's plan through the Runtime API when there is an admin stats socket and the
+        haproxy behind it has dynamic servers; False when the change needs a reload instead."""
+        if self.address is None:
+            _say_why_not_live(not self.options.runtime, self.haproxy)
+            return False
+        runtime, report, shown = Runtime(self.address), self.report, self.file.path
+        try:
+            pid = runtime.process()
+            if not _has_dynamic_servers(runtime, shown, self.options.reloads, report):
+                return False
+        except RuntimeUnavailable as exc:
+            log.info("%s; only the file is changed", exc)
+            report.runtime = "unavailable"
+            return False
+        try:
+            for name, plan in self.plans.items():
+                apply_live(runtime, name, plan, self.options.drain_timeout)
+            _still_the_same(runtime, pid)
+        except RuntimeUnavailable as exc:
+            raise HaproxyDied(f"haproxy (pid {pid or '?'}) stopped answering on {self.address} while the change "
+                              f"was applied: it died or was stopped; {shown} holds the change, no running "
+                              f"haproxy does: start haproxy (it reads the file), see its log for why it "
+                              f"stopped") from exc
+        except HaproxyError as exc:
+            report.runtime = "refused"
+            if not self.options.reloads:
+                raise HaproxyError(f"{exc}; {shown} is updated: reload haproxy to apply it, or give -h") from exc
+            log.warning("warning: %s; restarting haproxy instead", exc)
+            return False
+        log.info("applied live through %s", self.address)
+        report.runtime = "applied"
+        return True
+
+    def reload(self) -> bool:
+        """-h or -r: reload haproxy (its servers' state saved first); False when neither was asked for."""
+        options, haproxy = self.options, self.haproxy
+        if not options.reloads or haproxy is None:
+            return False
+        _save_server_state(options, self.settings)
+        if options.pidfile is not None:
+            haproxy.hot_restart(self.file.path, options.pidfile, self.settings)
+            log.info("haproxy hot-restarted")
         else:
-            os.replace(candidate, target)
-        _fsync_dir(target.parent)
-        _say_owner_change(shown, before, target.stat())
-        how = f"in place, because {in_place}" if in_place else "by atomic rename"
-        log.info("wrote %s %s (previous version in %s.bak)", shown, how, target.name)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(candidate)
+            haproxy.restart()
+        return True
 
 
 def _say_owner_change(shown: str, before: os.stat_result, after: os.stat_result) -> None:
@@ -2435,43 +2494,6 @@ def _validate(checker: HostHaproxy | ContainerHaproxy, candidate: Path, target: 
         raise ConfigError(f"haproxy already rejects {shown} as it is, before any change; "
                           f"fix it first (haproxy -c -f {shown})", old_alerts)
     raise HaproxyError(f"haproxy rejects the changed {shown}; the file is left untouched", alerts)
-
-
-def _applied_live(options: HaproxyOptions, shown: str, settings: GlobalSettings,
-                  changes: dict[str, LivePlan], report: Report,
-                  haproxy: HostHaproxy | ContainerHaproxy | None) -> bool:
-    """Apply each listener's change through the Runtime API when there is an admin stats socket and
-    the haproxy behind it has dynamic servers."""
-    address = _runtime_address(options, settings)
-    if address is None:
-        _say_why_not_live(not options.runtime, haproxy)
-        return False
-    runtime = Runtime(address)
-    try:
-        pid = runtime.process()
-        if not _has_dynamic_servers(runtime, shown, options.reloads, report):
-            return False
-    except RuntimeUnavailable as exc:
-        log.info("%s; only the file is changed", exc)
-        report.runtime = "unavailable"
-        return False
-    try:
-        for name, plan in changes.items():
-            apply_live(runtime, name, plan, options.drain_timeout)
-        _still_the_same(runtime, pid)
-    except RuntimeUnavailable as exc:
-        raise HaproxyDied(f"haproxy (pid {pid or '?'}) stopped answering on {address} while the change was "
-                          f"applied: it died or was stopped; {shown} holds the change, no running haproxy "
-                          f"does: start haproxy (it reads the file), see its log for why it stopped") from exc
-    except HaproxyError as exc:
-        report.runtime = "refused"
-        if not options.reloads:
-            raise HaproxyError(f"{exc}; {shown} is updated: reload haproxy to apply it, or give -h") from exc
-        log.warning("warning: %s; restarting haproxy instead", exc)
-        return False
-    log.info("applied live through %s", address)
-    report.runtime = "applied"
-    return True
 
 
 def reconcile(file: FileOptions, options: HaproxyOptions, listeners: list[str]) -> None:
@@ -2567,19 +2589,6 @@ def _runtime_address(options: HaproxyOptions, settings: GlobalSettings) -> str |
 def _reading_socket(options: HaproxyOptions, settings: GlobalSettings) -> str | None:
     """A stats socket to read from: reading needs no admin level."""
     return options.runtime_socket or settings.admin_socket() or next((s.address for s in settings.sockets), None)
-
-
-def _restart(options: HaproxyOptions, config: str, haproxy: HostHaproxy | ContainerHaproxy | None,
-             settings: GlobalSettings) -> bool:
-    if not options.reloads or haproxy is None:
-        return False
-    _save_server_state(options, settings)
-    if options.pidfile is not None:
-        haproxy.hot_restart(config, options.pidfile, settings)
-        log.info("haproxy hot-restarted")
-    else:
-        haproxy.restart()
-    return True
 
 
 def _save_server_state(options: HaproxyOptions, settings: GlobalSettings) -> None:
