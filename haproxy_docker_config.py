@@ -369,7 +369,7 @@ class NetworkAddress:
 
 
 @dataclasses.dataclass(frozen=True)
-class Backend:
+class Container:
     """A running container as the actions need it, whichever API call it came from (inspect or list)."""
 
     id: str
@@ -405,24 +405,24 @@ def _tcp_ports(keys: Any) -> tuple[int, ...]:
     return tuple(sorted({int(k.partition("/")[0]) for k in keys or () if k.endswith("/tcp")}))
 
 
-def backend_from_inspect(attrs: dict[str, Any], host_ip: str, shown: str) -> Backend:
-    """A Backend from `docker inspect` of a container."""
+def container_from_inspect(attrs: dict[str, Any], host_ip: str, shown: str) -> Container:
+    """A Container from `docker inspect` of a container."""
     state = attrs.get("State") or {}
     settings = attrs.get("NetworkSettings") or {}
     config = attrs.get("Config") or {}
     status = "paused" if state.get("Paused") else state.get("Status") or ("running" if state.get("Running") else "exited")
-    return Backend(attrs["Id"], attrs.get("Name", "").lstrip("/"), shown, frozenset(container_aliases(attrs)),
+    return Container(attrs["Id"], attrs.get("Name", "").lstrip("/"), shown, frozenset(container_aliases(attrs)),
                    config.get("Labels") or {}, status, (state.get("Health") or {}).get("Status"),
                    _network_addresses(settings.get("Networks")), _tcp_ports(config.get("ExposedPorts")),
                    settings.get("Ports") or {}, host_ip)
 
 
-def backend_from_list(entry: dict[str, Any], host_ip: str) -> Backend:
-    """A Backend from one item of Docker's container list (`docker ps`)."""
+def container_from_list(entry: dict[str, Any], host_ip: str) -> Container:
+    """A Container from one item of Docker's container list (`docker ps`)."""
     name = (entry.get("Names") or ["/" + entry["Id"][:12]])[0].lstrip("/")
     health = re.search(r"\((healthy|unhealthy|health: starting)\)", entry.get("Status", ""))
     ports = entry.get("Ports") or ()
-    return Backend(entry["Id"], name, name, frozenset(container_aliases(entry)), entry.get("Labels") or {},
+    return Container(entry["Id"], name, name, frozenset(container_aliases(entry)), entry.get("Labels") or {},
                    entry.get("State", "running"), health.group(1).replace("health: ", "") if health else None,
                    _network_addresses((entry.get("NetworkSettings") or {}).get("Networks")),
                    _tcp_ports(f"{p['PrivatePort']}/{p.get('Type', 'tcp')}" for p in ports), list_ports(ports), host_ip)
@@ -463,8 +463,8 @@ def service_ports(service: dict[str, Any]) -> tuple[int, ...]:
     return tuple(sorted({p["TargetPort"] for p in ports if p.get("Protocol", "tcp") == "tcp" and p.get("TargetPort")}))
 
 
-def backend_from_task(task: dict[str, Any], service: dict[str, Any], exposed: tuple[int, ...]) -> Backend:
-    """A Backend from a task of GET /tasks: its container, on whichever node of the swarm it runs.
+def container_from_task(task: dict[str, Any], service: dict[str, Any], exposed: tuple[int, ...]) -> Container:
+    """A Container from a task of GET /tasks: its container, on whichever node of the swarm it runs.
 
     It carries its service's labels (where a service says its listener, port and network) and is
     always reached on a network: the service VIP is never used, haproxy balances every task itself."""
@@ -472,46 +472,51 @@ def backend_from_task(task: dict[str, Any], service: dict[str, Any], exposed: tu
     status = task.get("Status") or {}
     cid = (status.get("ContainerStatus") or {}).get("ContainerID", "")
     container = task_name(task, name)
-    return Backend(cid, container, container, frozenset({cid, cid[:12], container}),
+    return Container(cid, container, container, frozenset({cid, cid[:12], container}),
                    (service.get("Spec") or {}).get("Labels") or {}, "running" if task_runs(task) else status.get("State", ""),
                    None, _task_networks(task), exposed, {}, "", name)
 
 
-def is_backed(name: str, backends: list[Backend]) -> bool:
+def is_backed(name: str, containers: list[Container]) -> bool:
     """Whether a server name belongs to one of these containers."""
-    return any(name in b.aliases or (len(name) >= 12 and b.id.startswith(name)) for b in backends)
+    return any(name in b.aliases or id_prefix(name, b.id) for b in containers)
 
 
-def chosen_port(backend: Backend, given: int | None) -> int | None:
+def id_prefix(given: str, full_id: str) -> bool:
+    """Whether `given` names the object of `full_id` by a prefix of its id: Docker's 12 characters or more."""
+    return len(given) >= 12 and full_id.startswith(given)
+
+
+def chosen_port(container: Container, given: int | None) -> int | None:
     """The private port asked for: ID:PORT, else the label haproxy-docker-config.port, else None."""
     if given is not None:
         return given
-    label = label_value(backend, LABEL_PORT)
+    label = label_value(container, LABEL_PORT)
     return None if label is None else int(label)
 
 
-def label_value(backend: Backend, key: str) -> str | None:
+def label_value(container: Container, key: str) -> str | None:
     """The value of one of the tool's labels, checked before any use with bounded work (the length first);
     None when the container (or service) has no such label; LabelError when the value is malformed."""
-    value = backend.labels.get(key)
+    value = container.labels.get(key)
     if value is None:
         return None
-    what, ref = _subject(backend)
+    what, ref = _subject(container)
     pattern, wanted, fix = LABEL_RULES[key]
     if len(value) <= LABEL_LIMIT and pattern.fullmatch(value) and (key != LABEL_PORT or is_port(value)):
         return value
     raise LabelError(f"{what} has label {key}={quoted(value)}, which is not {wanted}; fix the label"
-                     + (f" or give {ref}:PORT" if key == LABEL_PORT else fix), key=(backend.id, key))
+                     + (f" or give {ref}:PORT" if key == LABEL_PORT else fix), key=(container.id, key))
 
 
 @dataclasses.dataclass(frozen=True)
 class Published:
     """Reach a container through a port it publishes on its engine's host (the 2013 way)."""
 
-    def endpoint(self, backend: Backend, port: int | None) -> Endpoint:
-        return Endpoint(*choose_endpoint(ContainerRef(backend.shown, port), backend.published, backend.host_ip))
+    def endpoint(self, container: Container, port: int | None) -> Endpoint:
+        return Endpoint(*choose_endpoint(ContainerRef(container.shown, port), container.published, container.host_ip))
 
-    def reaches(self, backend: Backend) -> bool:
+    def reaches(self, container: Container) -> bool:
         return True
 
 
@@ -521,50 +526,50 @@ class OnNetwork:
 
     network: str
 
-    def endpoint(self, backend: Backend, port: int | None) -> Endpoint:
-        address = self._address(backend)
+    def endpoint(self, container: Container, port: int | None) -> Endpoint:
+        address = self._address(container)
         if address is None:
-            on = ", ".join(sorted(backend.networks)) or "no network"
-            raise DockerError(f"{_subject(backend)[0]} is not attached to network {quoted(self.network)} "
+            on = ", ".join(sorted(container.networks)) or "no network"
+            raise DockerError(f"{_subject(container)[0]} is not attached to network {quoted(self.network)} "
                               f"(it is on {on}); connect it or give another --network")
-        return Endpoint(address.ipv4 or address.ipv6, port or _exposed_port(backend), self.network)
+        return Endpoint(address.ipv4 or address.ipv6, port or _exposed_port(container), self.network)
 
-    def reaches(self, backend: Backend) -> bool:
-        return self._address(backend) is not None
+    def reaches(self, container: Container) -> bool:
+        return self._address(container) is not None
 
-    def _address(self, backend: Backend) -> NetworkAddress | None:
+    def _address(self, container: Container) -> NetworkAddress | None:
         """Its address on the network named, or whose id (or id prefix) is given; None if not attached."""
-        for name, address in backend.networks.items():
-            if self.network in (name, address.id) or (len(self.network) >= 12 and address.id.startswith(self.network)):
+        for name, address in container.networks.items():
+            if self.network in (name, address.id) or id_prefix(self.network, address.id):
                 return address if address.ipv4 or address.ipv6 else None
         return None
 
 
-def _service_network(backend: Backend) -> str:
+def _service_network(container: Container) -> str:
     """The one network a task's service is attached to; several or none is an error naming them."""
-    if len(backend.networks) == 1:
-        return next(iter(backend.networks))
-    if backend.networks:
-        raise DockerError(f"service {backend.service} is on several networks ({', '.join(sorted(backend.networks))}); "
+    if len(container.networks) == 1:
+        return next(iter(container.networks))
+    if container.networks:
+        raise DockerError(f"service {container.service} is on several networks ({', '.join(sorted(container.networks))}); "
                           f"give --network NAME or the service label {LABEL_NETWORK}=NAME")
-    raise DockerError(f"service {backend.service} is on no network but ingress, which leads only to its VIP; "
+    raise DockerError(f"service {container.service} is on no network but ingress, which leads only to its VIP; "
                       f"attach it to an overlay network (docker service update --network-add NAME)")
 
 
-def _subject(backend: Backend) -> tuple[str, str]:
-    """How a message names a backend, and what to give as WHAT:PORT: the service for a task."""
-    if backend.service is not None:
-        return f"service {backend.service}", backend.service
-    return f"container {backend.shown}", backend.shown
+def _subject(container: Container) -> tuple[str, str]:
+    """How a message names a container, and what to give as WHAT:PORT: the service for a task."""
+    if container.service is not None:
+        return f"service {container.service}", container.service
+    return f"container {container.shown}", container.shown
 
 
-def _exposed_port(backend: Backend) -> int:
+def _exposed_port(container: Container) -> int:
     """The one tcp port a container exposes (image EXPOSE, --expose, or published)."""
-    if len(backend.exposed) == 1:
-        return backend.exposed[0]
-    what, ref = _subject(backend)
-    if backend.exposed:
-        listed = ", ".join(map(str, backend.exposed))
+    if len(container.exposed) == 1:
+        return container.exposed[0]
+    what, ref = _subject(container)
+    if container.exposed:
+        listed = ", ".join(map(str, container.exposed))
         raise PortError(f"{what} exposes several tcp ports ({listed}); give {ref}:PORT")
     raise PortError(f"{what} exposes no tcp port; give {ref}:PORT or the label {LABEL_PORT}=PORT")
 
@@ -577,26 +582,26 @@ class Addressing:
     shared_with: frozenset[str] | None = None  # user-defined networks of --haproxy-container's container
     haproxy: str | None = None
 
-    def reach_for(self, backend: Backend) -> Published | OnNetwork:
+    def reach_for(self, container: Container) -> Published | OnNetwork:
         """The container's (or service's) label wins, then --network, then the one network a task's service
         is on, or the one network a container shares with haproxy's container."""
-        chosen = label_value(backend, LABEL_NETWORK) or self.network
+        chosen = label_value(container, LABEL_NETWORK) or self.network
         if chosen:
             return OnNetwork(chosen)
-        if backend.service is not None:
-            return OnNetwork(_service_network(backend))
-        shared = sorted(set(backend.networks) & (self.shared_with or frozenset()))
+        if container.service is not None:
+            return OnNetwork(_service_network(container))
+        shared = sorted(set(container.networks) & (self.shared_with or frozenset()))
         if len(shared) > 1:
-            raise DockerError(f"container {backend.shown} shares several networks with haproxy's container "
+            raise DockerError(f"container {container.shown} shares several networks with haproxy's container "
                               f"{self.haproxy} ({', '.join(shared)}); give --network NAME")
         if shared:
             log.info("%s: reached on network %s, which it shares with haproxy's container %s",
-                     backend.shown, shared[0], self.haproxy)
+                     container.shown, shared[0], self.haproxy)
             return OnNetwork(shared[0])
         return Published()
 
-    def endpoint(self, backend: Backend, port: int | None) -> Endpoint:
-        return self.reach_for(backend).endpoint(backend, chosen_port(backend, port))
+    def endpoint(self, container: Container, port: int | None) -> Endpoint:
+        return self.reach_for(container).endpoint(container, chosen_port(container, port))
 
 
 def default_host_ip(docker_url: str | None) -> str:
@@ -770,24 +775,37 @@ class ServerStatus:
     listener: str | None = None
 
 
+def servers_state_rows(answer: str) -> dict[str, dict[str, str]]:
+    """name -> its row of `show servers state BACKEND` (format 1: a version line, then a `# be_id ...`
+    header naming the columns, 20 of them in 2.2 and 25 later)."""
+    lines = answer.splitlines()
+    header = lines[1][2:].split() if len(lines) > 1 and lines[1].startswith("# ") else []
+    rows = (dict(zip(header, line.split())) for line in lines[2:])
+    return {row["srv_name"]: row for row in rows if "srv_name" in row}
+
+
 def parse_servers_state(answer: str) -> dict[str, tuple[str, int]]:
-    """name -> (address, port) from the table `show servers state BACKEND` answers (format 1)."""
-    rows = [line.split() for line in answer.splitlines()[2:]]
-    return {r[3]: (r[4], int(r[18])) for r in rows if len(r) > 18 and r[18].isdigit()}
+    """name -> (address, port) from the table `show servers state BACKEND` answers."""
+    return {name: (row.get("srv_addr", ""), int(row["srv_port"]))
+            for name, row in servers_state_rows(answer).items() if row.get("srv_port", "").isdigit()}
 
 
-def parse_stat(answer: str) -> dict[str, tuple[str, str | None, int | None]]:
-    """name -> (state, check status, current sessions) from the CSV of `show stat BACKEND 4 -1`.
-
-    Columns are found by the header's names, which differ between haproxy versions."""
+def stat_rows(answer: str) -> dict[str, dict[str, str]]:
+    """server name -> its row of the CSV of `show stat BACKEND 4 -1`, by the header's column names
+    (they differ between haproxy versions); not the FRONTEND and BACKEND rows."""
     lines = answer.splitlines()
     if not lines or not lines[0].startswith("# "):
         return {}
     header = lines[0][2:].split(",")
-    rows = [dict(zip(header, line.split(","))) for line in lines[1:] if line]
-    return {row["svname"]: (haproxy_state(row.get("status", "")), row.get("check_status", "").lstrip("* ") or None,
-                            int(row["scur"]) if row.get("scur", "").isdigit() else None)
-            for row in rows if row.get("svname") not in ("FRONTEND", "BACKEND", None)}
+    rows = (dict(zip(header, line.split(","))) for line in lines[1:] if line)
+    return {row["svname"]: row for row in rows if row.get("svname") not in ("FRONTEND", "BACKEND", None)}
+
+
+def parse_stat(answer: str) -> dict[str, tuple[str, str | None, int | None]]:
+    """name -> (state, check status, current sessions) from the CSV of `show stat BACKEND 4 -1`."""
+    return {name: (haproxy_state(row.get("status", "")), row.get("check_status", "").lstrip("* ") or None,
+                   int(row["scur"]) if row.get("scur", "").isdigit() else None)
+            for name, row in stat_rows(answer).items()}
 
 
 def haproxy_state(status: str) -> str:
@@ -804,12 +822,12 @@ def join_live(addresses: dict[str, tuple[str, int]],
             for name, (ip, port) in addresses.items()}
 
 
-def container_state(backend: Backend) -> str:
+def container_state(container: Container) -> str:
     """A container's state as --status shows it: `unhealthy` for a running one failing its health check."""
-    return "unhealthy" if backend.state == "running" and backend.health == "unhealthy" else backend.state
+    return "unhealthy" if container.state == "running" and container.health == "unhealthy" else container.state
 
 
-def state_of_server(name: str, containers: list[Backend]) -> str:
+def state_of_server(name: str, containers: list[Container]) -> str:
     """The state of the container a server name stands for (as --verify matches), or `absent`;
     of several (the same name on two engines) the one closest to running."""
     states = [container_state(c) for c in containers if is_backed(name, [c])]
@@ -926,7 +944,7 @@ class HaproxyOptions:
 
 
 @dataclasses.dataclass(frozen=True)
-class Mode:
+class Invocation:
     """One invocation as decoded from the command line; run() passes this down, never argparse's Namespace."""
 
     action: str
@@ -1127,7 +1145,7 @@ class Engine:
         self.host_ip = host_ip or default_host_ip(url)
         self._api: Any = None
         self.answered_at = float("-inf")  # monotonic time of its last answered list call
-        self.listed: list[Backend] = []  # what containers() last returned
+        self.listed: list[Container] = []  # what containers() last returned
         self._role: str | None = None  # "manager", "worker" or "" (no swarm), once asked
         self._image_ports: dict[str, tuple[int, ...]] = {}
 
@@ -1174,13 +1192,13 @@ class Engine:
         except _docker_failures() as exc:
             raise self._failure("reach the Docker engine at", exc) from exc
 
-    def running(self) -> list[Backend]:
+    def running(self) -> list[Container]:
         """Every running container, in one API call."""
         return self.containers({"status": ["running"]})
 
-    def containers(self, filters: dict[str, list[str]], everything: bool = False) -> list[Backend]:
+    def containers(self, filters: dict[str, list[str]], everything: bool = False) -> list[Container]:
         """The containers Docker's own filters select, in one API call."""
-        self.listed = [backend_from_list(entry, self.host_ip) for entry in self._listed(filters, everything)]
+        self.listed = [container_from_list(entry, self.host_ip) for entry in self._listed(filters, everything)]
         return self.listed
 
     def mounting(self, path: str) -> str | None:
@@ -1216,7 +1234,7 @@ class Engine:
         """GET /tasks: the swarm's tasks on every node (a manager only)."""
         return self._call("list swarm tasks at", lambda: self.api.tasks(filters=filters))
 
-    def task_backends(self, wanted: Callable[[dict[str, Any]], bool], everything: bool = False) -> list[Backend]:
+    def task_containers(self, wanted: Callable[[dict[str, Any]], bool], everything: bool = False) -> list[Container]:
         """The running tasks (every task with a container, with `everything`) of the services `wanted`
         picks, on every node: GET /services and GET /tasks; none on an engine that is no manager."""
         if self.swarm_role() != "manager":
@@ -1225,7 +1243,7 @@ class Engine:
         if not services:
             return []
         tasks = self.tasks({} if everything else {"desired-state": ["running"]})
-        return [backend_from_task(t, services[t["ServiceID"]], self._exposed(services[t["ServiceID"]]))
+        return [container_from_task(t, services[t["ServiceID"]], self._exposed(services[t["ServiceID"]]))
                 for t in tasks if t.get("ServiceID") in services and (_has_container(t) if everything else task_runs(t))]
 
     def service(self, ref: str) -> dict[str, Any] | None:
@@ -1297,20 +1315,20 @@ def _docker_reason(exc: BaseException) -> str:
     return _root_cause(exc)
 
 
-def running_backend(ref: ContainerRef, attrs: dict[str, Any] | None, host_ip: str) -> Backend:
-    """The container of `ref` as a Backend, or a Docker error saying why it cannot be balanced."""
+def running_container(ref: ContainerRef, attrs: dict[str, Any] | None, host_ip: str) -> Container:
+    """The container of `ref` as a Container, or a Docker error saying why it cannot be balanced."""
     if attrs is None:
         raise DockerError(f"no such container {ref.ref}; check the id with docker ps")
     state = attrs.get("State") or {}
     if not state.get("Running") or state.get("Paused"):
         how = "paused" if state.get("Paused") else state.get("Status", "stopped")
         raise DockerError(f"container {ref.ref} is not running ({how}); start it first")
-    return backend_from_inspect(attrs, host_ip, ref.ref)
+    return container_from_inspect(attrs, host_ip, ref.ref)
 
 
-def template_values(backend: Backend, endpoint: Endpoint) -> dict[str, Any]:
+def template_values(container: Container, endpoint: Endpoint) -> dict[str, Any]:
     """The variables a #DOCKERSERVER template may use."""
-    return {"id": backend.id[:12], "name": backend.name, "ip": endpoint.ip, "port": endpoint.port}
+    return {"id": container.id[:12], "name": container.name, "ip": endpoint.ip, "port": endpoint.port}
 
 
 ###############################################################################
@@ -1533,17 +1551,14 @@ class Runtime:
         return {name for name, admin in self._admin_states(backend).items() if admin & 1}
 
     def _admin_states(self, backend: str) -> dict[str, int]:
-        answer = self.ask(f"show servers state {backend}", "1\n#")
-        return {r[3]: int(r[6]) for r in (line.split() for line in answer.splitlines()[2:])
-                if len(r) > 6 and r[6].isdigit()}
+        rows = servers_state_rows(self.ask(f"show servers state {backend}", "1\n#"))
+        return {name: int(row["srv_admin_state"]) for name, row in rows.items()
+                if row.get("srv_admin_state", "").isdigit()}
 
     def sessions(self, backend: str, name: str) -> int:
         """Current plus queued sessions of one server."""
-        for line in self.ask(f"show stat {backend} 4 -1", "# pxname").splitlines()[1:]:
-            fields = line.split(",")
-            if fields[:2] == [backend, name]:
-                return int(fields[2] or 0) + int(fields[4] or 0)
-        return 0
+        row = stat_rows(self.ask(f"show stat {backend} 4 -1", "# pxname")).get(name, {})
+        return sum(int(row.get(column) or 0) for column in ("scur", "qcur"))
 
     def streams(self, backend: str, name: str) -> int:
         """Streams whose target is this server, from `show sess`: also those that wait to retry a refused
@@ -1858,7 +1873,9 @@ class Report:
 
     listener: str | None
     action: str
-    results: list[Result | ServerStatus] = dataclasses.field(default_factory=list)
+    results: list[Result] = dataclasses.field(default_factory=list)
+    #: --status: one row per server (the document shows them as its results)
+    rows: list[ServerStatus] = dataclasses.field(default_factory=list, metadata={"internal": True})
     changed: bool = False
     restarted: bool = False
     runtime: str | None = None
@@ -1878,11 +1895,8 @@ class Report:
 
     @property
     def status(self) -> int:
-        if self.action == "status":
-            drifted = any(isinstance(r, ServerStatus) and r.drift for r in self.results)
-            return EXIT_NOT_BALANCED if drifted else EXIT_OK
-        bad = any(isinstance(r, Result) and r.status in ("not_balanced", "not_found") for r in self.results)
-        return EXIT_NOT_BALANCED if bad and self.action in ("check", "verify") else EXIT_OK
+        """1 when the action found what it looks for amiss (see Action.amiss), else 0."""
+        return EXIT_NOT_BALANCED if ACTIONS[self.action].amiss(self) else EXIT_OK
 
 
 Edit = Callable[[Listener], list[Result]]
@@ -1895,9 +1909,9 @@ def add_containers(listener: Listener, refs: list[ContainerRef], engine: Engine,
     _, template, indent = listener.template()
     lines: dict[str, tuple[ContainerRef, Endpoint, str]] = {}
     for ref in refs:
-        for backend in resolve(ref, engine):
-            endpoint = addressing.endpoint(backend, ref.port)
-            line = render_template(template, template_values(backend, endpoint))
+        for container in resolve(ref, engine):
+            endpoint = addressing.endpoint(container, ref.port)
+            line = render_template(template, template_values(container, endpoint))
             if server_name(line) in lines:
                 raise UsageError(f"{ref.ref} and {lines[server_name(line)][0].ref} are the same container; "
                                  f"give it once")
@@ -1908,19 +1922,19 @@ def add_containers(listener: Listener, refs: list[ContainerRef], engine: Engine,
             for ref, e, line in lines.values()]
 
 
-def _every(service: dict[str, Any]) -> bool:
+def _any_service(service: dict[str, Any]) -> bool:
     return True
 
 
-def resolve(ref: ContainerRef, engine: Engine) -> list[Backend]:
+def resolve(ref: ContainerRef, engine: Engine) -> list[Container]:
     """The running container `ref` names; on a swarm manager, else the running tasks of the service it names."""
     attrs = engine.inspect(ref.ref)
     if attrs is not None or engine.swarm_role() != "manager":
-        return [running_backend(ref, attrs, engine.host_ip)]
+        return [running_container(ref, attrs, engine.host_ip)]
     service = engine.service(ref.ref)
     if service is None:
         raise DockerError(f"no such container or service {ref.ref}; check the id with docker ps or docker service ls")
-    tasks = engine.task_backends(lambda s: s["ID"] == service["ID"])
+    tasks = engine.task_containers(lambda s: s["ID"] == service["ID"])
     if not tasks:
         raise DockerError(f"service {ref.ref} has no running task; see docker service ps {ref.ref}")
     return tasks
@@ -1938,7 +1952,7 @@ def _matching(listener: Listener, ref: ContainerRef, engine: Engine) -> set[str]
         if attrs:
             return names & container_aliases(attrs)
         service = engine.service(ref.ref)
-        tasks = engine.task_backends(lambda s: s["ID"] == service["ID"], everything=True) if service else []
+        tasks = engine.task_containers(lambda s: s["ID"] == service["ID"], everything=True) if service else []
     except DockerError as exc:
         log.warning("warning: %s; matched %s by server name only", exc, ref.ref)
         return set()
@@ -1970,16 +1984,16 @@ def verify_servers(listener: Listener, engine: Engine, addressing: Addressing) -
     running = engine.running()
     found = {server_name(value): _reachable(server_name(value), running, addressing) for _, value in listener.servers()}
     if not all(found.values()):
-        tasks = engine.task_backends(_every)
+        tasks = engine.task_containers(_any_service)
         found = {name: ok or is_backed(name, tasks) for name, ok in found.items()}
     return [_server_result(value, "found" if found[server_name(value)] else "not_found")
             for _, value in listener.servers()]
 
 
-def _reachable(name: str, running: list[Backend], addressing: Addressing) -> bool:
-    for backend in (b for b in running if is_backed(name, [b])):
+def _reachable(name: str, running: list[Container], addressing: Addressing) -> bool:
+    for container in (b for b in running if is_backed(name, [b])):
         with contextlib.suppress(DockerError):
-            if addressing.reach_for(backend).reaches(backend):
+            if addressing.reach_for(container).reaches(container):
                 return True
     return False
 
@@ -1997,7 +2011,7 @@ def status_servers(text: str, path: str, names: list[str], runtime: Runtime | No
     servers = {n for _, lines, live, _ in sides for n in [*lines, *(live or {})]}
     containers = [c for e in engines for c in e.containers({}, everything=True)] if servers else []
     if any(not is_backed(n, containers) for n in servers):
-        containers += [t for e in engines for t in e.task_backends(_every, everything=True)]
+        containers += [t for e in engines for t in e.task_containers(_any_service, everything=True)]
     return [row for name, lines, live, managed in sides
             for row in status_rows(name, lines, live, lambda n: state_of_server(n, containers), managed)]
 
@@ -2025,8 +2039,8 @@ def _managed_pattern(listener: Listener) -> re.Pattern[str] | None:
 class Fleet:
     """What the engines say: the selected running containers, and who owns what when one is down."""
 
-    selected: list[Backend]
-    known: list[Backend] | None = None  # every container of the engines that answered, if one did not
+    selected: list[Container]
+    known: list[Container] | None = None  # every container of the engines that answered, if one did not
 
     def may_remove(self, name: str) -> bool:
         """A server is only removed when its container is known to an engine that answered."""
@@ -2044,11 +2058,11 @@ def gather(engines: list[Engine], filters: dict[str, list[str]], everything: boo
     `excluded`: ids that events said died or turned unhealthy, which the list may not show yet.
     A task's container is listed once, as a task, also where its node's engine lists it too.
     """
-    selected: dict[str, Backend] = {}
+    selected: dict[str, Container] = {}
     down = []
     for engine in engines:
         try:
-            found = engine.containers(filters, everything) + (engine.task_backends(services) if services else [])
+            found = engine.containers(filters, everything) + (engine.task_containers(services) if services else [])
         except DockerError as exc:
             log.warning("warning: %s; its servers are left as they are", exc)
             down.append(engine)
@@ -2060,31 +2074,31 @@ def gather(engines: list[Engine], filters: dict[str, list[str]], everything: boo
     if not down:
         return Fleet(list(selected.values()))
     return Fleet(list(selected.values()), [b for e in engines if e not in down for b in
-                                           e.containers({}, everything=True) + e.task_backends(_every, True)])
+                                           e.containers({}, everything=True) + e.task_containers(_any_service, True)])
 
 
 
 def desired_servers(template: str, fleet: Fleet, addressing: Addressing) -> dict[str, tuple[str, Endpoint]]:
     """Server name -> (line, endpoint) for every selected healthy container; others are skipped."""
     wanted = {}
-    for backend in fleet.selected:
-        if backend.state != "running":
+    for container in fleet.selected:
+        if container.state != "running":
             continue
-        if backend.health == "unhealthy":
-            log.info("%s is unhealthy; it stays out of balancing", backend.name)
+        if container.health == "unhealthy":
+            log.info("%s is unhealthy; it stays out of balancing", container.name)
             continue
         try:
-            endpoint = addressing.endpoint(backend, None)
+            endpoint = addressing.endpoint(container, None)
         except LabelError as exc:
             log.warning("warning: %s; skipped", exc, extra={"once": exc.key})
             continue
         except PortError as exc:
-            log.warning("warning: %s (or label it %s=PORT); skipped", exc, LABEL_PORT, extra=_once(backend, "port"))
+            log.warning("warning: %s (or label it %s=PORT); skipped", exc, LABEL_PORT, extra=_once(container, "port"))
             continue
         except DockerError as exc:
-            log.warning("warning: %s; skipped", exc, extra=_once(backend, "address"))
+            log.warning("warning: %s; skipped", exc, extra=_once(container, "address"))
             continue
-        line = render_template(template, template_values(backend, endpoint))
+        line = render_template(template, template_values(container, endpoint))
         wanted[server_name(line)] = (line, endpoint)
     return wanted
 
@@ -2125,29 +2139,29 @@ def _server_result(value: str, status: str) -> Result:
 ###############################################################################
 
 
-ACTIONS = ("add", "delete", "check", "verify", "sync", "prune", "watch", "status")
-
-
 def _action(args: argparse.Namespace) -> str:
-    action = next((a for a in ACTIONS if getattr(args, a) not in (None, False)), "show" if args.show else None)
-    if action is None:
+    """The one action the command line asks for, checked against what goes with it."""
+    name = next((a for a, act in ACTIONS.items() if act.option and getattr(args, act.option) not in (None, False)),
+                "show" if args.show else None)
+    if name is None:
         raise UsageError("nothing to do; give --add, --delete, --check, --verify, --sync, --prune, --watch, "
                          "--status or --show")
-    if args.listen is None and action not in ("sync", "watch", "status"):
+    action = ACTIONS[name]
+    if args.listen is None and action.needs_listener:
         raise UsageError("the following arguments are required: -l/--listen; see --help")
-    if len(args.docker_url or ()) > 1 and action not in ("sync", "prune", "watch", "status"):
+    if len(args.docker_url or ()) > 1 and not action.many_engines:
         raise UsageError("--docker-url may be given more than once only with --sync, --prune, --watch or --status")
-    if (args.metrics or args.log_format != "plain") and action != "watch":
+    if (args.metrics or args.log_format != "plain") and name != "watch":
         raise UsageError("--metrics and --log-format go with --watch")
-    if args.filter and (action not in ("sync", "watch") or args.listen is None):
+    if args.filter and (not action.selects or args.listen is None):
         raise UsageError("--filter selects the containers of one listener: give it with -l, "
                          "with --sync or --watch")
-    if args.service and (action not in ("sync", "watch") or args.listen is None):
+    if args.service and (not action.selects or args.listen is None):
         raise UsageError("--service selects the swarm services of one listener: give it with -l, "
                          "with --sync or --watch (--add SERVICE adds one service's tasks)")
     if not args.swarm_poll > 0:
         raise UsageError(f"--swarm-poll {args.swarm_poll:g} must be more than 0 seconds")
-    return action
+    return name
 
 
 def _refs(args: argparse.Namespace, action: str) -> tuple[ContainerRef, ...]:
@@ -2157,36 +2171,39 @@ def _refs(args: argparse.Namespace, action: str) -> tuple[ContainerRef, ...]:
     return ()
 
 
-def _mode(args: argparse.Namespace) -> Mode:
+def _invocation(args: argparse.Namespace) -> Invocation:
     """Decode the command line once; below run() only typed settings travel."""
     action = _action(args)
     file = FileOptions(args.config, args.lock_timeout, not args.no_validate, args.dry_run, args.diff,
                        args.write_in_place, args.show)
     haproxy = HaproxyOptions(args.haproxy_bin, args.haproxy_container, args.hot_restart, args.restart,
                              not args.no_runtime, args.runtime_socket, args.drain_timeout, args.state_file)
-    return Mode(action, args.listen, file, haproxy, _refs(args, action), parse_filters(args.filter or []),
-                tuple(args.docker_url or [None]), args.host_ip, args.network, args.coalesce,
-                parse_listen_address(args.metrics) if args.metrics else None, args.log_format,
-                tuple(args.service or ()), args.swarm_poll)
+    return Invocation(action, args.listen, file, haproxy, _refs(args, action), parse_filters(args.filter or []),
+                      tuple(args.docker_url or [None]), args.host_ip, args.network, args.coalesce,
+                      parse_listen_address(args.metrics) if args.metrics else None, args.log_format,
+                      tuple(args.service or ()), args.swarm_poll)
 
 
 def run(args: argparse.Namespace) -> Report:
     """Carry out one invocation; raises HdcError for anything that stops it."""
-    mode = _mode(args)
+    mode = _invocation(args)
     engines = [Engine(url, host_ip=mode.host_ip) for url in mode.docker_urls]  # one connection per engine
-    if mode.action == "watch":
-        return watch(mode, engines)
-    if mode.action == "status":
-        return status(mode, engines)
-    if mode.action in ("sync", "prune"):
-        return sync(mode, mode.action, engines)[0]
-    if mode.action == "add":
-        return _write(mode.file, mode.haproxy, Report(mode.listener, "add"), {
-            mode.listener: lambda listener: add_containers(listener, list(mode.refs), engines[0],
-                                                           _addressing(mode, engines[0]))}, engines[0])
-    if mode.action == "delete":
-        return _write(mode.file, mode.haproxy, Report(mode.listener, "delete"), {
-            mode.listener: lambda listener: delete_containers(listener, list(mode.refs), engines[0])}, engines[0])
+    return ACTIONS[mode.action].run(mode, engines)
+
+
+def _add(mode: Invocation, engines: list[Engine]) -> Report:
+    edit = functools.partial(add_containers, refs=list(mode.refs), engine=engines[0],
+                             addressing=_addressing(mode, engines[0]))
+    return _write(mode.file, mode.haproxy, Report(mode.listener, "add"), {mode.listener: edit}, engines[0])
+
+
+def _delete(mode: Invocation, engines: list[Engine]) -> Report:
+    edit = functools.partial(delete_containers, refs=list(mode.refs), engine=engines[0])
+    return _write(mode.file, mode.haproxy, Report(mode.listener, "delete"), {mode.listener: edit}, engines[0])
+
+
+def _read_only(mode: Invocation, engines: list[Engine]) -> Report:
+    """--check, --verify and --show: the listener as the file has it, no lock, no write."""
     path = Path(mode.file.path)
     listener = Listener(read_config(path), mode.listener, str(path))
     report = Report(mode.listener, mode.action)
@@ -2194,11 +2211,64 @@ def run(args: argparse.Namespace) -> Report:
         report.results = check_containers(listener, list(mode.refs), engines[0])
     elif mode.action == "verify":
         report.results = verify_servers(listener, engines[0], _addressing(mode, engines[0]))
-    _finish(mode.file, report, listener)
+    _with_servers(mode.file, report, listener)
     return report
 
 
-def _addressing(mode: Mode, engine: Engine) -> Addressing:
+def _with_address(who: str, r: Result, verbose: bool) -> str | None:
+    return "%-20s\t%s\t%s:%s" % (who, r.status, r.ip, r.port)
+
+
+def _with_status(who: str, r: Result, verbose: bool) -> str | None:
+    """A server added or updated is shown with its address, any other result with its status."""
+    return _with_address(who, r, verbose) if r.status in ("added", "updated") else "%-20s\t%s" % (who, r.status)
+
+
+def _when_verbose(who: str, r: Result, verbose: bool) -> str | None:
+    return _with_status(who, r, verbose) if verbose else None
+
+
+def _never(who: str, r: Result, verbose: bool) -> str | None:
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Action:
+    """One action of the command line: its option, how it runs, what goes with it, how its results show.
+    ACTIONS is the one place that says what differs between actions."""
+
+    option: str | None  # the argparse dest that asks for it; None: -s alone (show)
+    run: Callable[[Invocation, list[Engine]], Report]
+    needs_listener: bool = True  # -l is required
+    many_engines: bool = False  # --docker-url may be given more than once
+    selects: bool = False  # --filter and --service go with it
+    amiss: Callable[[Report], bool] = lambda report: False  # what makes the exit status 1
+    line: Callable[[str, Result, bool], str | None] = _with_status  # a result in plain output
+    table: Callable[[Report], str] | None = None  # plain output as a whole, instead of lines
+
+
+def _not_there(report: Report) -> bool:
+    return any(r.status in ("not_balanced", "not_found") for r in report.results)
+
+
+ACTIONS: dict[str, Action] = {
+    "add": Action("add", _add, line=_with_address),
+    "delete": Action("delete", _delete, line=_when_verbose),
+    "check": Action("check", _read_only, amiss=_not_there),
+    "verify": Action("verify", _read_only, amiss=_not_there),
+    "sync": Action("sync", lambda mode, engines: sync(mode, False, engines)[0], needs_listener=False,
+                   many_engines=True, selects=True),
+    "prune": Action("prune", lambda mode, engines: sync(mode, True, engines)[0], many_engines=True),
+    "watch": Action("watch", lambda mode, engines: Watcher(mode, engines).run(), needs_listener=False,
+                    many_engines=True, selects=True, line=_never),
+    "status": Action("status", lambda mode, engines: status(mode, engines), needs_listener=False,
+                     many_engines=True, amiss=lambda report: any(row.drift for row in report.rows),
+                     table=lambda report: render_status(report)),
+    "show": Action(None, _read_only),
+}
+
+
+def _addressing(mode: Invocation, engine: Engine) -> Addressing:
     """How this run reaches containers: --network, else the networks haproxy's container is on."""
     if mode.network:
         return Addressing(network=engine.network_name(mode.network))
@@ -2207,7 +2277,7 @@ def _addressing(mode: Mode, engine: Engine) -> Addressing:
     return Addressing()
 
 
-def status(mode: Mode, engines: list[Engine]) -> Report:
+def status(mode: Invocation, engines: list[Engine]) -> Report:
     """--status: reads only and takes no lock, so a cron job never waits on a writer."""
     text = read_config(Path(mode.file.path))
     address = _reading_socket(mode.haproxy, global_settings(text)) if mode.haproxy.runtime else None
@@ -2216,7 +2286,7 @@ def status(mode: Mode, engines: list[Engine]) -> Report:
                     "haproxy's side is not compared")
     names = [mode.listener] if mode.listener else templated_listeners(text)
     runtime = Runtime(address) if address else None
-    return Report(mode.listener, "status", status_servers(text, mode.file.path, names, runtime, engines))
+    return Report(mode.listener, "status", rows=status_servers(text, mode.file.path, names, runtime, engines))
 
 
 def _write(file: FileOptions, options: HaproxyOptions, report: Report, edits: dict[str, Edit], engine: Engine,
@@ -2254,19 +2324,20 @@ def _write(file: FileOptions, options: HaproxyOptions, report: Report, edits: di
         else:
             log.info("%s unchanged; nothing written, haproxy not restarted", path)
         if listener is not None:
-            _finish(file, report, listener)
+            _with_servers(file, report, listener)
     return report
 
 
-def sync(mode: Mode, action: str, engines: list[Engine], remembered: frozenset[str] = frozenset(),
+def sync(mode: Invocation, prune: bool, engines: list[Engine], remembered: frozenset[str] = frozenset(),
          excluded: frozenset[str] = frozenset()) -> tuple[Report, list[str]]:
     """--sync / --prune: one pass over the listener -l, or every listener that labels name (and those
     `remembered`), in one write; the report and the listeners it covered."""
-    fleets = _fleets(mode, action, engines, remembered, excluded)
+    action = "prune" if prune else "sync"
+    fleets = _fleets(mode, prune, engines, remembered, excluded)
     if not fleets:
         return Report(mode.listener, action), []
-    reach = _addressing(mode, engines[0]) if action == "sync" else Addressing()
-    edits = {name: functools.partial(_sync_edit, action, name, fleet, reach) for name, fleet in fleets.items()}
+    reach = Addressing() if prune else _addressing(mode, engines[0])
+    edits = {name: functools.partial(_sync_edit, prune, name, fleet, reach) for name, fleet in fleets.items()}
     report = _write(mode.file, mode.haproxy, Report(mode.listener, action), edits, engines[0],
                     skip=mode.listener is None)
     if mode.listener is None:
@@ -2274,19 +2345,19 @@ def sync(mode: Mode, action: str, engines: list[Engine], remembered: frozenset[s
     return report, list(fleets)
 
 
-def _sync_edit(action: str, name: str, fleet: Fleet, reach: Addressing, listener: Listener) -> list[Result]:
-    results = prune_listener(listener, fleet) if action == "prune" else sync_listener(listener, fleet, reach)
+def _sync_edit(prune: bool, name: str, fleet: Fleet, reach: Addressing, listener: Listener) -> list[Result]:
+    results = prune_listener(listener, fleet) if prune else sync_listener(listener, fleet, reach)
     for result in results:
         result.listener = name
     return results
 
 
-def _fleets(mode: Mode, action: str, engines: list[Engine], remembered: frozenset[str],
+def _fleets(mode: Invocation, prune: bool, engines: list[Engine], remembered: frozenset[str],
             excluded: frozenset[str]) -> dict[str, Fleet]:
     """What each listener should hold. Containers: --filter, else the listen label; services (on a
     swarm manager): --service, else the service's listen label. --prune: everything that runs."""
-    if action == "prune":
-        return {mode.listener: gather(engines, {"status": ["running"]}, services=_every)}
+    if prune:
+        return {mode.listener: gather(engines, {"status": ["running"]}, services=_any_service)}
     if mode.listener:
         default = {"label": [f"{LABEL_LISTEN}={mode.listener}"]}
         selection = dict(mode.filters or default, status=["running"])
@@ -2300,7 +2371,7 @@ def _fleets(mode: Mode, action: str, engines: list[Engine], remembered: frozense
 def _service_picker(listener: str, names: tuple[str, ...]) -> ServicePicker:
     """The services of a listener: those named (name, id, or id prefix of 12 or more), else those labelled."""
     if names:
-        return lambda s: any(n in (s["Spec"]["Name"], s["ID"]) or (len(n) >= 12 and s["ID"].startswith(n))
+        return lambda s: any(n in (s["Spec"]["Name"], s["ID"]) or id_prefix(n, s["ID"])
                              for n in names)
     return lambda s: (s["Spec"].get("Labels") or {}).get(LABEL_LISTEN) == listener
 
@@ -2308,19 +2379,19 @@ def _service_picker(listener: str, names: tuple[str, ...]) -> ServicePicker:
 def _labelled_fleets(fleet: Fleet, remembered: frozenset[str]) -> dict[str, Fleet]:
     """One fleet per listener that a container's label names (any state, so emptied ones are synced too);
     a container whose label is no listener name is skipped with a warning."""
-    named: dict[str, list[Backend]] = {}
-    for backend in fleet.selected:
+    named: dict[str, list[Container]] = {}
+    for container in fleet.selected:
         try:
-            named.setdefault(label_value(backend, LABEL_LISTEN) or "", []).append(backend)
+            named.setdefault(label_value(container, LABEL_LISTEN) or "", []).append(container)
         except LabelError as exc:
             log.warning("warning: %s; skipped", exc, extra={"once": exc.key})
     named.pop("", None)
     return {name: Fleet(named.get(name, []), fleet.known) for name in sorted(remembered | set(named))}
 
 
-def _once(backend: Backend, what: str) -> dict[str, Any]:
+def _once(container: Container, what: str) -> dict[str, Any]:
     """The `extra` of a warning about one container that a watcher says once (until its text changes)."""
-    return {"once": (backend.id, what)}
+    return {"once": (container.id, what)}
 
 
 def _server_lines(listener: Listener) -> dict[str, str]:
@@ -2557,7 +2628,7 @@ def _still_the_same(runtime: Runtime, pid: str) -> None:
 
 def _has_dynamic_servers(runtime: Runtime, config: str, reloads: bool, report: Report) -> bool:
     """Ask the running haproxy its version: one without dynamic servers is not sent `add server`;
-    it gets the change by reload, or the file waits for one (a warning, not an error: the seed's way)."""
+    it gets the change by reload, or the file waits for one (a warning, not an error: the original tool's way)."""
     version = runtime.version()
     why_not = version.without_dynamic_servers() if version else None
     if why_not is None:
@@ -2611,7 +2682,8 @@ def _save_server_state(options: HaproxyOptions, settings: GlobalSettings) -> Non
     log.info("saved the servers' state to %s", path)
 
 
-def _finish(file: FileOptions, report: Report, listener: Listener) -> None:
+def _with_servers(file: FileOptions, report: Report, listener: Listener) -> None:
+    """-s (or --show alone): the report carries the listener's server lines as the file has them now."""
     if file.show or report.action == "show":
         report.servers = [value for _, value in listener.servers()]
 
@@ -2915,7 +2987,7 @@ class Watcher:
     The threads only post typed wake-ups (each with its own Docker connection); the state a watch keeps
     between passes lives here, and only the loop in run() changes it."""
 
-    def __init__(self, mode: Mode, engines: list[Engine]) -> None:
+    def __init__(self, mode: Invocation, engines: list[Engine]) -> None:
         self.mode, self.engines = mode, engines
         self.wakes: queue.Queue[Wake] = queue.Queue()
         self.stop = threading.Event()
@@ -3002,7 +3074,7 @@ class Watcher:
         started = time.monotonic()
         try:
             self._hand_edit()
-            report, covered = sync(self.mode, "sync", self.engines, self.listeners, frozenset(self.excluded))
+            report, covered = sync(self.mode, False, self.engines, self.listeners, frozenset(self.excluded))
             self.listeners |= set(covered)
             reconcile(self.mode.file, self.mode.haproxy, covered)
             self.text = report.text or self.text
@@ -3048,11 +3120,6 @@ class Watcher:
                             extra={"change": _change_fields(r, self.engines)})
 
 
-def watch(mode: Mode, engines: list[Engine]) -> Report:
-    """--watch: sync, then sync again on every burst of container events, until SIGTERM/SIGINT."""
-    return Watcher(mode, engines).run()
-
-
 def _without_servers(text: str) -> str:
     """The config without its server lines: what a hand edit changed beyond the servers."""
     return re.sub(r"^[ \t]*server[ \t][^\n]*\n?", "", text, flags=re.MULTILINE)
@@ -3070,7 +3137,7 @@ class Liveness:
         self.lost = ""
         self.warned = False
 
-    def check(self, mode: Mode) -> tuple[bool | None, str]:
+    def check(self, mode: Invocation) -> tuple[bool | None, str]:
         """(answers, why a haproxy that answered no longer does); answers None without a stats socket."""
         try:
             address = _runtime_address(mode.haproxy, global_settings(read_config(Path(mode.file.path))))
@@ -3195,16 +3262,16 @@ def _task_key(task: dict[str, Any]) -> tuple[str, ...]:
 
 
 def render_plain(report: Report, verbose: bool) -> str:
-    """The seed's plain output, byte for byte."""
-    if report.action == "status":
-        return render_status(report)
+    """The original tool's plain output, byte for byte: one line per result as its action shows it."""
+    action = ACTIONS[report.action]
+    if action.table:
+        return action.table(report)
     lines = []
-    for r in report.results if report.action != "watch" else ():
+    for r in report.results:
         who = f"{r.listener}/{r.id}" if report.listener is None else r.id
-        if report.action == "add" or r.status in ("added", "updated"):
-            lines.append("%-20s\t%s\t%s:%s" % (who, r.status, r.ip, r.port))
-        elif report.action != "delete" or verbose:
-            lines.append("%-20s\t%s" % (who, r.status))
+        line = action.line(who, r, verbose)
+        if line is not None:
+            lines.append(line)
     lines.extend(report.servers or ())
     text = "".join(line + "\n" for line in lines)
     return (report.diff or "") + text
@@ -3213,12 +3280,11 @@ def render_plain(report: Report, verbose: bool) -> str:
 def render_status(report: Report) -> str:
     """--status as an aligned table under a header line; nothing when there is no server."""
     rows = [["SERVER", "ADDRESS", "CONTAINER", "HAPROXY", "CHECK", "SESSIONS", "DRIFT"]]
-    for r in report.results:
-        if isinstance(r, ServerStatus):
-            address = "-" if r.ip is None else r.ip if r.port is None else f"{r.ip}:{r.port}"
-            rows.append([r.server if report.listener else f"{r.listener}/{r.server}", address, r.container,
-                         r.haproxy or "-", r.check or "-", "-" if r.sessions is None else str(r.sessions),
-                         ",".join(r.drift) or "-"])
+    for r in report.rows:
+        address = "-" if r.ip is None else r.ip if r.port is None else f"{r.ip}:{r.port}"
+        rows.append([r.server if report.listener else f"{r.listener}/{r.server}", address, r.container,
+                     r.haproxy or "-", r.check or "-", "-" if r.sessions is None else str(r.sessions),
+                     ",".join(r.drift) or "-"])
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1] for row in rows]
     return "".join(line + "\n" for line in lines) if len(rows) > 1 else ""
@@ -3228,6 +3294,8 @@ def as_document(report: Report) -> dict[str, Any]:
     """The one JSON/YAML document: typed, the same schema for both."""
     doc = {k: v for k, v in dataclasses.asdict(report).items()
            if not Report.__dataclass_fields__[k].metadata.get("internal")}
+    if report.action == "status":
+        doc["results"] = [dataclasses.asdict(row) for row in report.rows]
     doc["servers"] = None if report.servers is None else [_server_entry(v) for v in report.servers]
     doc["exit_status"] = report.status
     return doc

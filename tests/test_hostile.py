@@ -236,7 +236,7 @@ def test_a_service_label_is_checked_like_a_container_label() -> None:
     task = {"ID": "t1", "Slot": 1, "DesiredState": "running", "NetworksAttachments": [],
             "Status": {"State": "running", "ContainerStatus": {"ContainerID": "c" * 64}}}
     service = {"Spec": {"Name": "web", "Labels": {PORT: INJECTED}}}
-    backend = hdc.backend_from_task(task, service, (8080,))
+    backend = hdc.container_from_task(task, service, (8080,))
     with pytest.raises(hdc.LabelError) as raised:
         hdc.chosen_port(backend, None)
     assert str(raised.value) == (f"service web has label {PORT}='8080\\n    server evil 1.2.3.4:80', which is not a "

@@ -124,7 +124,7 @@ def _attrs(running: bool = True, paused: bool = False) -> dict:
 
 
 def _values(attrs: dict | None, addressing: hdc.Addressing = hdc.Addressing(), ref: Ref = Ref("web1")) -> dict:
-    backend = hdc.running_backend(ref, attrs, "127.0.0.1")
+    backend = hdc.running_container(ref, attrs, "127.0.0.1")
     return hdc.template_values(backend, addressing.endpoint(backend, ref.port))
 
 
@@ -148,7 +148,7 @@ def test_unusable_containers_are_docker_errors(attrs: dict | None, message: str)
     ("web1", True), ("caee75", False), ("web", False), ("f2cc6e975169", False),
 ])
 def test_server_names_backed_by_running_containers(name: str, backed: bool) -> None:
-    running = [hdc.backend_from_list({"Id": "caee75cbf7b5" + "0" * 52, "Names": ["/web1"]}, "127.0.0.1")]
+    running = [hdc.container_from_list({"Id": "caee75cbf7b5" + "0" * 52, "Names": ["/web1"]}, "127.0.0.1")]
     assert hdc.is_backed(name, running) is backed
 
 
@@ -215,7 +215,7 @@ def _on_net(networks: dict | None = None, exposed: tuple = ("8080/tcp",), labels
 
 
 def _endpoint(attrs: dict, addressing: hdc.Addressing, ref: Ref = Ref("web1")) -> tuple:
-    e = addressing.endpoint(hdc.running_backend(ref, attrs, "127.0.0.1"), ref.port)
+    e = addressing.endpoint(hdc.running_container(ref, attrs, "127.0.0.1"), ref.port)
     return e.ip, e.port, e.network
 
 
@@ -280,8 +280,8 @@ def test_the_container_list_gives_the_same_backend_as_inspect(status: str, healt
     entry = {"Id": "caee75cbf7b5" + "0" * 52, "Names": ["/web1"], "State": "running", "Status": status,
              "Labels": {}, "Ports": [{"PrivatePort": 8080, "Type": "tcp"}, {"PrivatePort": 53, "Type": "udp"}],
              "NetworkSettings": {"Networks": {"appnet": {"NetworkID": NET_ID, "IPAddress": "10.231.7.2"}}}}
-    listed = hdc.backend_from_list(entry, "127.0.0.1")
-    inspected = hdc.running_backend(Ref("web1"), _on_net(), "127.0.0.1")
+    listed = hdc.container_from_list(entry, "127.0.0.1")
+    inspected = hdc.running_container(Ref("web1"), _on_net(), "127.0.0.1")
     assert listed.health == health and listed.exposed == inspected.exposed == (8080,)
     assert BY_NAME.endpoint(listed, None) == BY_NAME.endpoint(inspected, None)
 

@@ -102,7 +102,7 @@ def test_rows_join_file_then_runtime_only_servers() -> None:
 
 
 def test_container_states_as_status_shows_them() -> None:
-    entries = [hdc.backend_from_list(entry, "127.0.0.1") for entry in (
+    entries = [hdc.container_from_list(entry, "127.0.0.1") for entry in (
         {"Id": "a" * 64, "Names": ["/web1"], "State": "running", "Status": "Up 3 minutes (unhealthy)"},
         {"Id": "b" * 64, "Names": ["/web2"], "State": "exited", "Status": "Exited (137)"},
         {"Id": "c" * 64, "Names": ["/web2"], "State": "running", "Status": "Up 1 second (healthy)"})]
@@ -123,7 +123,7 @@ def test_the_table_is_aligned_and_names_listeners_without_l() -> None:
             hdc.ServerStatus("static", "10.0.0.1", None, "absent", None, None, None, True, None, [], "web"),
             hdc.ServerStatus("x", "127.0.0.1", 1, "exited", "UP", None, 2, False, True,
                              ["not_in_file", "up_without_container"], "api")]
-    report = hdc.Report(None, "status", rows)
+    report = hdc.Report(None, "status", rows=rows)
     assert hdc.render(report, "plain", False) == (
         "SERVER            ADDRESS          CONTAINER  HAPROXY  CHECK  SESSIONS  DRIFT\n"
         "web/3f2a9c0d1e2b  127.0.0.1:32771  running    UP       L4OK   0         -\n"

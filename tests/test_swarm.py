@@ -25,7 +25,7 @@ def test_a_task_is_a_backend_on_its_networks_but_ingress() -> None:
             "Status": {"State": "running", "ContainerStatus": {"ContainerID": "c" * 64}},
             "NetworksAttachments": [attach("ingress", "10.0.0.5/24", True), attach("apps", "10.1.0.7/24")]}
     service = {"ID": "s1", "Spec": {"Name": "web", "Labels": {LISTEN: WEB}}}
-    backend = hdc.backend_from_task(task, service, (8080,))
+    backend = hdc.container_from_task(task, service, (8080,))
     assert (backend.id, backend.name, backend.service, backend.labels, backend.exposed) == (
         "c" * 64, "web.n1.t1", "web", {LISTEN: WEB}, (8080,))  # a global service's task has no slot
     assert backend.networks == {"apps": hdc.NetworkAddress("id-apps", "10.1.0.7")}
