@@ -65,6 +65,13 @@ RETRY_FIRST = 1.0
 RETRY_LAST = 30.0
 #: --watch: look at the config's inode, size and times this often, to notice edits by hand.
 FILE_POLL = 0.5
+#: --watch: ask haproxy this often whether a server waiting to be deleted is unused yet.
+DRAIN_POLL = 0.1
+#: --watch on a swarm manager: the tasks polled (desired to run, or to stop: leaving ones are drained),
+#: this often while a task moves, and for FAST_AFTER seconds after a service or node event.
+POLLED_STATES = ("running", "shutdown")
+FAST_POLL = 0.1
+FAST_AFTER = 5.0
 #: Task states of a task on its way to `running` (after `pending`: it has a node).
 STARTING_STATES = ("assigned", "accepted", "preparing", "ready", "starting")
 
@@ -1148,6 +1155,10 @@ class Engine:
         self.listed: list[Container] = []  # what containers() last returned
         self._role: str | None = None  # "manager", "worker" or "" (no swarm), once asked
         self._image_ports: dict[str, tuple[int, ...]] = {}
+        self._services: list[dict[str, Any]] | None = None
+        self._shared: dict[str, frozenset[str] | None] = {}  # haproxy's container -> its networks
+        #: (monotonic time, tasks) of a watcher's last task poll, desired state in POLLED_STATES
+        self.fresh_tasks: tuple[float, list[dict[str, Any]]] = (float("-inf"), [])
 
     def describe(self) -> str:
         return self.url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
@@ -1161,6 +1172,11 @@ class Engine:
     def forget(self) -> None:
         """Drop the connection, so the next use reconnects (after the engine restarted)."""
         self._api, self._role = None, None
+        self.forget_cached()
+
+    def forget_cached(self) -> None:
+        """Ask again for the services and haproxy's networks (after an event that changes them)."""
+        self._services, self._shared = None, {}
 
     def _connect(self) -> Any:
         import docker
@@ -1231,15 +1247,26 @@ class Engine:
         return self._role or None
 
     def tasks(self, filters: dict[str, list[str]]) -> list[dict[str, Any]]:
-        """GET /tasks: the swarm's tasks on every node (a manager only)."""
+        """GET /tasks: the swarm's tasks on every node (a manager only). A watcher's poller has just asked
+        (see `fresh_tasks`): its answer serves a pass that asks for what it holds."""
+        taken, tasks = self.fresh_tasks
+        wanted = set(filters.get("desired-state", ()))
+        if set(filters) == {"desired-state"} and wanted <= set(POLLED_STATES) and time.monotonic() - taken < 1:
+            return [task for task in tasks if task.get("DesiredState") in wanted]
         return self._call("list swarm tasks at", lambda: self.api.tasks(filters=filters))
+
+    def services(self) -> list[dict[str, Any]]:
+        """GET /services, kept until forget() (a watcher forgets them on every service event)."""
+        if self._services is None:
+            self._services = self._call("list swarm services at", self.api.services)
+        return self._services
 
     def task_containers(self, wanted: Callable[[dict[str, Any]], bool], everything: bool = False) -> list[Container]:
         """The running tasks (every task with a container, with `everything`) of the services `wanted`
         picks, on every node: GET /services and GET /tasks; none on an engine that is no manager."""
         if self.swarm_role() != "manager":
             return []
-        services = {s["ID"]: s for s in self._call("list swarm services at", self.api.services) if wanted(s)}
+        services = {s["ID"]: s for s in self.services() if wanted(s)}
         if not services:
             return []
         tasks = self.tasks({} if everything else {"desired-state": ["running"]})
@@ -1284,7 +1311,13 @@ class Engine:
             raise self._failure("reach the Docker engine at", exc) from exc
 
     def shared_networks(self, container: str) -> frozenset[str] | None:
-        """The user-defined networks of haproxy's container; None in host mode (it uses published ports)."""
+        """The user-defined networks of haproxy's container; None in host mode (it uses published ports).
+        Kept until forget() (a watcher forgets them on every network event)."""
+        if container not in self._shared:
+            self._shared[container] = self._haproxy_networks(container)
+        return self._shared[container]
+
+    def _haproxy_networks(self, container: str) -> frozenset[str] | None:
         attrs = self.inspect(container)
         if attrs is None:
             raise DockerError(f"no container {quoted(container)} for --haproxy-container; check the name "
@@ -1589,19 +1622,24 @@ class Runtime:
         return match.group(1) if match else ""
 
 
-def apply_live(runtime: Runtime, backend: str, plan: LivePlan, drain: float) -> None:
-    """Apply the file's change to the running haproxy; HaproxyError when it refuses."""
+def apply_live(runtime: Runtime, backend: str, plan: LivePlan, drain: float, drainer: Drainer | None = None) -> None:
+    """Apply the file's change to the running haproxy; HaproxyError when it refuses. With a drainer (a
+    watcher's), a server leaves at once and is deleted later, off the pass; without, the delete waits
+    here (at most `drain` seconds)."""
     live = runtime.servers(backend)
     for line in plan.upserts:
-        _upsert_live(runtime, backend, line, live)
+        _upsert_live(runtime, backend, line, live, drainer)
     for name in plan.removals:
-        if name in live:
+        if name in live and drainer is not None:
+            drainer.remove(backend, name)
+        elif name in live:
             _remove_live(runtime, backend, name, drain)
     if set(live) - plan.kept - set(plan.removals):
         _sweep_live(runtime, backend, set(plan.kept), live)
 
 
-def _upsert_live(runtime: Runtime, backend: str, line: str, live: dict[str, tuple[str, int]]) -> None:
+def _upsert_live(runtime: Runtime, backend: str, line: str, live: dict[str, tuple[str, int]],
+                 drainer: Drainer | None = None) -> None:
     name, *words = line.split("#", 1)[0].split()
     target = f"{backend}/{name}"
     ip, port = split_address(words[0]) if words else (None, None)
@@ -1610,6 +1648,8 @@ def _upsert_live(runtime: Runtime, backend: str, line: str, live: dict[str, tupl
             runtime.ask(f"set server {target} addr {ip} port {port}", "IP changed", "no need to change")
             if "check" in words[1:]:  # the health seen at the old address says nothing of the new one
                 runtime.ask(f"set server {target} health up", "")
+        if drainer is not None and drainer.cancel(backend, name):  # back before it was deleted
+            runtime.ask(f"enable server {target}", "")
         return
     runtime.ask(f"add server {target} {' '.join(words)}", "New server registered")
     if "check" in words[1:]:
@@ -2290,7 +2330,7 @@ def status(mode: Invocation, engines: list[Engine]) -> Report:
 
 
 def _write(file: FileOptions, options: HaproxyOptions, report: Report, edits: dict[str, Edit], engine: Engine,
-           skip: bool = False) -> Report:
+           skip: bool = False, drainer: Drainer | None = None) -> Report:
     """Edit listeners under the lock, all in one text: one validation, one write, at most one restart,
     and only when the bytes really changed. With `skip`, a listener the config lacks (or with no
     template) is skipped with a warning instead of stopping the others."""
@@ -2320,7 +2360,7 @@ def _write(file: FileOptions, options: HaproxyOptions, report: Report, edits: di
         report.diff = unified_diff(str(path), old, new) if file.diff else None
         report.text = old if file.dry_run else new
         if report.changed:
-            Commit(file, options, old, new, changes, haproxy, engine, report).run()
+            Commit(file, options, old, new, changes, haproxy, engine, report, drainer).run()
         else:
             log.info("%s unchanged; nothing written, haproxy not restarted", path)
         if listener is not None:
@@ -2329,20 +2369,20 @@ def _write(file: FileOptions, options: HaproxyOptions, report: Report, edits: di
 
 
 def sync(mode: Invocation, prune: bool, engines: list[Engine], remembered: frozenset[str] = frozenset(),
-         excluded: frozenset[str] = frozenset()) -> tuple[Report, list[str]]:
+         excluded: frozenset[str] = frozenset(), drainer: Drainer | None = None) -> tuple[Report, dict[str, Fleet]]:
     """--sync / --prune: one pass over the listener -l, or every listener that labels name (and those
-    `remembered`), in one write; the report and the listeners it covered."""
+    `remembered`), in one write; the report and what each listener it covered holds."""
     action = "prune" if prune else "sync"
     fleets = _fleets(mode, prune, engines, remembered, excluded)
     if not fleets:
-        return Report(mode.listener, action), []
+        return Report(mode.listener, action), {}
     reach = Addressing() if prune else _addressing(mode, engines[0])
     edits = {name: functools.partial(_sync_edit, prune, name, fleet, reach) for name, fleet in fleets.items()}
     report = _write(mode.file, mode.haproxy, Report(mode.listener, action), edits, engines[0],
-                    skip=mode.listener is None)
+                    skip=mode.listener is None, drainer=drainer)
     if mode.listener is None:
         report.servers = None
-    return report, list(fleets)
+    return report, fleets
 
 
 def _sync_edit(prune: bool, name: str, fleet: Fleet, reach: Addressing, listener: Listener) -> list[Result]:
@@ -2421,6 +2461,7 @@ class Commit:
     haproxy: HostHaproxy | ContainerHaproxy | None  # validates and reloads
     engine: Engine
     report: Report
+    drainer: Drainer | None = None  # a watcher's: deletes happen off the pass
 
     def __post_init__(self) -> None:
         self.target = Path(os.path.realpath(self.file.path))
@@ -2513,7 +2554,7 @@ class Commit:
             return False
         try:
             for name, plan in self.plans.items():
-                apply_live(runtime, name, plan, self.options.drain_timeout)
+                apply_live(runtime, name, plan, self.options.drain_timeout, self.drainer)
             _still_the_same(runtime, pid)
         except RuntimeUnavailable as exc:
             raise HaproxyDied(f"haproxy (pid {pid or '?'}) stopped answering on {self.address} while the change "
@@ -2567,7 +2608,7 @@ def _validate(checker: HostHaproxy | ContainerHaproxy, candidate: Path, target: 
     raise HaproxyError(f"haproxy rejects the changed {shown}; the file is left untouched", alerts)
 
 
-def reconcile(file: FileOptions, options: HaproxyOptions, listeners: list[str]) -> None:
+def reconcile(file: FileOptions, options: HaproxyOptions, listeners: list[str], drainer: Drainer) -> None:
     """--watch, after each pass: the running haproxy's servers of these listeners as the file has them
     (a server written by hand, a change that a haproxy missed while it was down). Missing servers are
     added and moved ones readdressed live; a server of the template's shape that the file no longer
@@ -2586,28 +2627,24 @@ def reconcile(file: FileOptions, options: HaproxyOptions, listeners: list[str]) 
             return
         for name in listeners:
             with contextlib.suppress(ConfigError):  # a listener the file lacks: the pass said so
-                _reconcile_listener(runtime, Listener(text, name, file.path), name)
+                _reconcile_listener(runtime, Listener(text, name, file.path), name, drainer)
     except RuntimeUnavailable:
         return  # the watcher's liveness check says it
 
 
-def _reconcile_listener(runtime: Runtime, listener: Listener, backend: str) -> None:
+def _reconcile_listener(runtime: Runtime, listener: Listener, backend: str, drainer: Drainer) -> None:
     lines, live = _server_lines(listener), runtime.servers(backend)
     for name, line in lines.items():
-        if name not in live or _address_differs(server_address(line), live[name]):
+        if name not in live or _address_differs(server_address(line), live[name]) or \
+                (backend, name) in drainer.disabled:
             try:
-                _upsert_live(runtime, backend, line, live)
+                _upsert_live(runtime, backend, line, live, drainer)
             except HaproxyError as exc:
                 log.warning("warning: %s; server %s of the file waits for a reload of haproxy", exc, name,
                             extra={"once": ("reconcile", backend, line)})
     shape = _name_pattern(listener)
-    gone = [n for n in live if n not in lines and shape is not None and shape.fullmatch(n)]
-    disabled = runtime.disabled(backend) if gone else set()
-    for name in gone:
-        if name not in disabled:
-            runtime.ask(f"disable server {backend}/{name}", "")
-        if not runtime.in_use(backend, name):
-            runtime.ask(f"del server {backend}/{name}", "Server deleted", "Server still has connections")
+    for name in (n for n in live if n not in lines and shape is not None and shape.fullmatch(n)):
+        drainer.remove(backend, name)
 
 
 def _name_pattern(listener: Listener) -> re.Pattern[str] | None:
@@ -2944,9 +2981,11 @@ class DockerEvent:
 
 @dataclasses.dataclass(frozen=True)
 class TasksMoved:
-    """A swarm manager's running tasks changed (tasks on other nodes make no event here)."""
+    """A swarm manager's running tasks changed (tasks on other nodes make no event here): what it answered."""
 
     url: str
+    tasks: list[dict[str, Any]] = dataclasses.field(hash=False, compare=False)
+    taken: float = dataclasses.field(default_factory=time.monotonic)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -2981,6 +3020,117 @@ class Backoff:
         self.failures, self.due, self.said = 0, float("inf"), ""
 
 
+def _leaving(event: dict[str, Any]) -> bool:
+    """A container event that takes it out of the balancing: it dies, stops, is told to stop (kill with
+    TERM, INT, QUIT or KILL: docker stop sends TERM) or turns unhealthy."""
+    status = event.get("status", "")
+    signal_number = ((event.get("Actor") or {}).get("Attributes") or {}).get("signal")
+    return status in ("die", "stop") or status.startswith("health_status: unhealthy") or \
+        (status == "kill" and signal_number in STOP_SIGNALS)
+
+
+def _back(event: dict[str, Any]) -> bool:
+    status = event.get("status", "")
+    return status in ("start", "unpause", "destroy") or status.startswith("health_status: healthy")
+
+
+class Drainer:
+    """--watch: a leaving container's servers get no new request within milliseconds of the event, from
+    the thread that saw it, whatever a pass is doing; their deletes wait for the servers to be unused
+    in a thread of their own (run), never in a pass. A server added again before its delete is enabled."""
+
+    def __init__(self, drain_timeout: float, stop: threading.Event) -> None:
+        self.drain_timeout, self.stop = drain_timeout, stop
+        self.lock = threading.Lock()
+        self.address: str | None = None  # the admin stats socket, as the last pass found it
+        self.servers_of: dict[str, list[tuple[str, str]]] = {}  # container id -> (listener, server)
+        self.disabled: dict[tuple[str, str], str] = {}  # disabled here (not by an operator), for which container
+        self.gone: set[str] = set()  # containers whose events said they leave, until one says they are back
+        self.pending: dict[tuple[str, str], float] = {}  # to delete, and until when to try
+
+    def follow(self, mode: Invocation, text: str | None, fleets: dict[str, Fleet]) -> None:
+        """After a pass: which server of which listener stands for which container, and where haproxy is."""
+        if text is None:
+            return
+        self.address = _runtime_address(mode.haproxy, global_settings(text))
+        servers_of: dict[str, list[tuple[str, str]]] = {}
+        for listener, fleet in fleets.items():
+            with contextlib.suppress(ConfigError):
+                for name in _server_lines(Listener(text, listener, mode.file.path)):
+                    for container in (c for c in fleet.selected if is_backed(name, [c])):
+                        servers_of.setdefault(container.id, []).append((listener, name))
+        self.servers_of = servers_of
+
+    def leaving(self, cid: str) -> None:
+        """Called by the thread that saw the container (or task) leave: `disable server` at once."""
+        with self.lock:
+            self.gone.add(cid)
+        for backend, name in self.servers_of.get(cid, ()):
+            self._disable(backend, name, cid)
+
+    def back(self, cid: str) -> None:
+        """The container runs (healthy) again: a pass may enable its servers."""
+        with self.lock:
+            self.gone.discard(cid)
+
+    def remove(self, backend: str, name: str) -> None:
+        """A pass took the server out of the file: disable it (if not yet) and delete it once unused."""
+        self._disable(backend, name, "")
+        with self.lock:
+            self.pending.setdefault((backend, name), time.monotonic() + self.drain_timeout)
+
+    def cancel(self, backend: str, name: str) -> bool:
+        """The server is wanted again: no delete; True when it was disabled here (so enable it). A pass
+        that still counts a container whose events said it leaves (it listed the containers before the
+        event) does not bring its server back."""
+        with self.lock:
+            cid = self.disabled.get((backend, name))
+            if cid is None or cid in self.gone:
+                return False
+            self.pending.pop((backend, name), None)
+            del self.disabled[(backend, name)]
+            return True
+
+    def _disable(self, backend: str, name: str, cid: str) -> None:
+        with self.lock:
+            if self.address is None or (backend, name) in self.disabled:
+                return
+            self.disabled[(backend, name)] = cid
+        try:
+            Runtime(self.address).ask(f"disable server {backend}/{name}", "")
+        except (RuntimeUnavailable, HaproxyError) as exc:
+            with self.lock:
+                self.disabled.pop((backend, name), None)
+            log.info("could not disable %s/%s now (%s); the next pass takes it out", backend, name, exc)
+            return
+        log.info("disabled %s/%s: its container is leaving", backend, name)
+
+    def run(self) -> None:
+        """Delete pending servers as soon as nothing uses them; past --drain-timeout leave them disabled
+        (a later pass's sweep deletes them once unused)."""
+        while not self.stop.wait(DRAIN_POLL):
+            with self.lock:
+                pending = list(self.pending.items())
+            for (backend, name), until in pending:
+                self._try_delete(backend, name, until)
+
+    def _try_delete(self, backend: str, name: str, until: float) -> None:
+        try:
+            runtime = Runtime(self.address) if self.address else None
+            deleted = runtime is not None and not runtime.in_use(backend, name) and runtime.ask(
+                f"del server {backend}/{name}", "Server deleted", "Server still has connections",
+                "No such server").startswith(("Server deleted", "No such server"))
+        except (RuntimeUnavailable, HaproxyError):
+            deleted = False
+        if deleted or time.monotonic() >= until:
+            if not deleted:
+                log.warning("warning: %s/%s is still in use after --drain-timeout %gs; it stays disabled (no new "
+                            "request) and is deleted by a later pass", backend, name, self.drain_timeout)
+            with self.lock:
+                self.pending.pop((backend, name), None)
+                self.disabled.pop((backend, name), None)
+
+
 class Watcher:
     """--watch: one pass now, then one per burst of wake-ups, until SIGTERM/SIGINT.
 
@@ -2997,7 +3147,10 @@ class Watcher:
         self.excluded: set[str] = set()  # ids that events said stopped or turned unhealthy
         self.retry = Backoff()
         self.liveness = Liveness()
+        self.drainer = Drainer(mode.haproxy.drain_timeout, self.stop)
         self.text: str | None = None  # the config as the last pass left it: other text is a hand edit
+        self.last_pass = float("-inf")  # when the last pass started (monotonic)
+        self.fast_until = float("-inf")  # the task pollers ask fast until then (after a service event)
 
     def run(self) -> Report:
         handlers = {sig: signal.signal(sig, lambda *_: self.stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -3006,7 +3159,7 @@ class Watcher:
         try:
             self._start_threads()
             while (burst := self._next_burst()) is not None:
-                self._note_deaths(burst)
+                self._note(burst)
                 self._pass()
         finally:
             self.stop.set()
@@ -3026,14 +3179,16 @@ class Watcher:
                 threading.Thread(target=target, args=(Engine(engine.url, host_ip=engine.host_ip), self, *args),
                                  daemon=True).start()
         threading.Thread(target=_watch_file, args=(Path(self.mode.file.path), self), daemon=True).start()
+        threading.Thread(target=self.drainer.run, daemon=True).start()
 
     def post(self, wake: Wake) -> None:
         self.wakes.put(wake)
 
     def _next_burst(self) -> list[Wake] | None:
-        """Wait for a wake-up, then gather those of the next --coalesce seconds; None once asked to stop;
-        an empty burst when a retry is due, or after the idle resync time without any. A task poll's or
-        a file's finding starts at once: the poll has already gathered (what is queued joins it)."""
+        """Wait for a wake-up; None once asked to stop; an empty burst when a retry is due, or after the
+        idle resync time without any. Leading edge: the first wake-up after a quiet spell starts a pass at
+        once; wake-ups that come sooner than --coalesce after the last pass started wait for that long,
+        and all that arrived meanwhile make one pass (a burst gives at most one pass per --coalesce)."""
         burst: list[Wake] = []
         idle = self.observer.idle_resync
         wait_until = min(self.retry.due, time.monotonic() + idle if idle is not None else float("inf"))
@@ -3045,8 +3200,7 @@ class Watcher:
                     return None
                 if time.monotonic() >= wait_until:
                     return []
-        quick = isinstance(burst[0], (TasksMoved, FileChanged))
-        deadline = time.monotonic() + (0 if quick else self.mode.coalesce)
+        deadline = self.last_pass + self.mode.coalesce
         while not self.stop.is_set() and (left := deadline - time.monotonic()) > 0:
             with contextlib.suppress(queue.Empty):
                 burst.append(self.wakes.get(timeout=min(left, 0.2)))
@@ -3055,29 +3209,36 @@ class Watcher:
                 burst.append(self.wakes.get_nowait())
         return None if self.stop.is_set() else burst
 
-    def _note_deaths(self, burst: list[Wake]) -> None:
-        """Docker's container list can lag its events (a `die` before the state says exited), and a
-        container told to stop may still finish its requests: what the events said wins, until the
-        container starts again."""
-        for event in (w.event for w in burst if isinstance(w, DockerEvent)):
-            status, cid = event.get("status", ""), event.get("id", "")
-            signal_number = ((event.get("Actor") or {}).get("Attributes") or {}).get("signal")
-            if status in ("die", "stop") or status.startswith("health_status: unhealthy") or \
-                    (status == "kill" and signal_number in STOP_SIGNALS):
-                self.excluded.add(cid)
-            elif status in ("start", "unpause", "destroy") or status.startswith("health_status: healthy"):
-                self.excluded.discard(cid)
+    def _note(self, burst: list[Wake]) -> None:
+        """What the wake-ups tell the next pass. Docker's container list can lag its events (a `die`
+        before the state says exited), and a container told to stop may still finish its requests: what
+        the events said wins, until the container starts again. A task poll's answer serves the pass;
+        a service, node or network event makes it ask again for services and haproxy's networks."""
+        engines = {e.describe(): e for e in self.engines}
+        for wake in burst:
+            if isinstance(wake, TasksMoved) and wake.url in engines:
+                engines[wake.url].fresh_tasks = (wake.taken, wake.tasks)
+            if not isinstance(wake, DockerEvent):
+                continue
+            if wake.event.get("Type") in ("service", "node", "network") and wake.url in engines:
+                engines[wake.url].forget_cached()
+            if _leaving(wake.event):
+                self.excluded.add(wake.event.get("id", ""))
+            elif _back(wake.event):
+                self.excluded.discard(wake.event.get("id", ""))
 
     def _pass(self) -> None:
         """One sync, then the running haproxy's servers brought in step with the file; a failure is said
         once and retried with backoff, the watch goes on."""
-        started = time.monotonic()
+        started = self.last_pass = time.monotonic()
         try:
             self._hand_edit()
-            report, covered = sync(self.mode, False, self.engines, self.listeners, frozenset(self.excluded))
-            self.listeners |= set(covered)
-            reconcile(self.mode.file, self.mode.haproxy, covered)
+            report, fleets = sync(self.mode, False, self.engines, self.listeners, frozenset(self.excluded),
+                                  self.drainer)
+            self.listeners |= set(fleets)
+            reconcile(self.mode.file, self.mode.haproxy, list(fleets), self.drainer)
             self.text = report.text or self.text
+            self.drainer.follow(self.mode, self.text, fleets)
         except Exception as exc:  # noqa: BLE001 (a bug or a surprise of the system must not end the watch either)
             log.debug("the pass failed", exc_info=True)
             said = str(exc) if isinstance(exc, HdcError) else f"unexpected {type(exc).__name__}: {exc}"
@@ -3205,6 +3366,12 @@ def _follow(engine: Engine, watcher: Watcher, filtered: bool) -> None:
                 watcher.observer.event(url)
                 if not _may_matter(event, filtered):
                     continue
+                if _leaving(event):
+                    watcher.drainer.leaving(event.get("id", ""))
+                elif _back(event):
+                    watcher.drainer.back(event.get("id", ""))
+                if event.get("Type") in ("service", "node"):
+                    watcher.fast_until = time.monotonic() + FAST_AFTER
                 watcher.post(DockerEvent(url, event))
                 actor = event.get("Actor") or {}
                 log.info("event %s %s %s", event.get("Type"), event.get("Action"),
@@ -3228,9 +3395,10 @@ def _may_matter(event: dict[str, Any], filtered: bool) -> bool:
 
 
 def _poll_tasks(poller: Engine, watcher: Watcher, interval: float) -> None:
-    """On a swarm manager, one GET /tasks every `interval` (every STARTING_POLL while a task is about
-    to run): tasks starting or told to stop on other nodes make no event here. A change in the running
-    tasks asks for a pass (so does the first poll)."""
+    """On a swarm manager, one GET /tasks every `interval`, or every FAST_POLL while a task is on its way to
+    running or leaving, and right after a service or node event: tasks starting or told to stop on
+    other nodes make no event here. A leaving task (desired state no longer running) is drained at once;
+    a change in the running tasks asks for a pass, which uses this answer (so does the first poll)."""
     seen: frozenset[tuple[str, ...]] | None = None
     wait = interval
     while not watcher.stop.wait(wait):
@@ -3238,16 +3406,29 @@ def _poll_tasks(poller: Engine, watcher: Watcher, interval: float) -> None:
         try:
             if poller.swarm_role() != "manager":
                 continue
-            tasks = poller.tasks({"desired-state": ["running"]})
+            tasks = poller.tasks({"desired-state": list(POLLED_STATES)})
         except DockerError:  # the event stream reports and retries an engine that went away
             poller.forget()
             continue
-        if any((t.get("Status") or {}).get("State") in STARTING_STATES for t in tasks):
-            wait = min(interval, STARTING_POLL)
+        if _moving(tasks, watcher.drainer) or time.monotonic() < watcher.fast_until:
+            wait = min(interval, FAST_POLL)
         now = frozenset(_task_key(t) for t in tasks if task_runs(t))
         if now != seen:
-            watcher.post(TasksMoved(poller.describe()))
+            watcher.post(TasksMoved(poller.describe(), tasks))
             seen = now
+
+
+def _moving(tasks: list[dict[str, Any]], drainer: Drainer) -> bool:
+    """Whether a task is on its way to running or leaving; a leaving one's server is disabled now."""
+    moving = False
+    for task in tasks:
+        state, desired = (task.get("Status") or {}).get("State"), task.get("DesiredState")
+        if desired == "running" and state in ("new", "pending", *STARTING_STATES):
+            moving = True
+        elif desired != "running" and state == "running" and _has_container(task):
+            drainer.leaving(task["Status"]["ContainerStatus"]["ContainerID"])
+            moving = True
+    return moving
 
 
 def _task_key(task: dict[str, Any]) -> tuple[str, ...]:
