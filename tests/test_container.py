@@ -156,11 +156,11 @@ def test_a_read_only_docker_socket_is_enough(tmp_path, make_container, read_only
     synced = cli(cfg.path, "--sync", *url)
     assert synced.stdout == "%-20s\tadded\t127.0.0.1:%d\n" % (b.short_id, host_port(b))
     assert read_only_engine.refused == []
-    # the proxy is real: validating inside a container needs a write (PUT archive), and is refused
+    # the proxy is real: validating inside a container needs a write (POST exec), and is refused
     c = make_container()
     before = cfg.path.read_bytes()
     refused = cli(cfg.path, "-a", c.short_id, *url, "--haproxy-container", a.name)
-    assert refused.returncode == 5 and refused.stderr.startswith(f"ERROR: cannot copy the config in container {a.name}")
+    assert refused.returncode == 5 and refused.stderr.startswith(f"ERROR: cannot run haproxy -c in container {a.name}")
     assert read_only_engine.refused and cfg.path.read_bytes() == before
 
 
