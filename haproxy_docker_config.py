@@ -135,6 +135,9 @@ HAPROXY_VERSION = re.compile(r"^(?:Version:[ \t]*|HA-?Proxy version[ \t]+)((\d+)
 RELOAD_SUCCESS = re.compile(r"Loading success|New worker #\d+ \(\d+\) forked")
 RELOAD_FAILURE = re.compile(r"Loading failure|Failed to load worker|Reexecuting Master process in waitpid mode")
 TEMPLATE_MARK = re.compile(r"DOCKERSERVER(?:\s+|$)")
+#: A #DOCKERSERVER line (its comment text), and a server line (its indent and keyword, and its value).
+TEMPLATE_LINE = re.compile(r"^[ \t]*#[ \t]*(DOCKERSERVER[^\r\n]*)", re.MULTILINE)
+SERVER_LINE = re.compile(r"^([ \t]*server[ \t]+)([^\r\n]*)", re.MULTILINE)
 ERB_VARIABLE = re.compile(r"<%=\s*(\w+)\s*%>")
 TEMPLATE_VARIABLES = ("id", "name", "ip", "port")
 CONTAINER_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -160,7 +163,7 @@ TASK_LABEL = "com.docker.swarm.task.id"
 #: Docker's own networks; every other network is user-defined (`docker network create`, Compose).
 DEFAULT_NETWORKS = ("bridge", "host", "none")
 #: Container events, and network events, that can change which containers a listener should hold.
-WATCH_EVENTS = ("start", "die", "stop", "kill", "pause", "unpause", "destroy", "health_status",
+WATCH_EVENTS = ("create", "start", "die", "stop", "kill", "pause", "unpause", "destroy", "health_status",
                 "connect", "disconnect")
 #: Signals of `kill` events that end a container (docker stop sends 15): drain it at once.
 STOP_SIGNALS = ("2", "3", "9", "15")
@@ -2340,7 +2343,7 @@ def status(mode: Invocation, engines: list[Engine]) -> Report:
 
 
 def _write(file: FileOptions, options: HaproxyOptions, report: Report, edits: dict[str, Edit], engine: Engine,
-           skip: bool = False, drainer: Drainer | None = None) -> Report:
+           skip: bool = False, drainer: Drainer | None = None, checks: Validations | None = None) -> Report:
     """Edit listeners under the lock, all in one text: one validation, one write, at most one restart,
     and only when the bytes really changed. With `skip`, a listener the config lacks (or with no
     template) is skipped with a warning instead of stopping the others."""
@@ -2370,7 +2373,7 @@ def _write(file: FileOptions, options: HaproxyOptions, report: Report, edits: di
         report.diff = unified_diff(str(path), old, new) if file.diff else None
         report.text = old if file.dry_run else new
         if report.changed:
-            Commit(file, options, old, new, changes, haproxy, engine, report, drainer).run()
+            Commit(file, options, old, new, changes, haproxy, engine, report, drainer, checks).run()
         else:
             log.info("%s unchanged; nothing written, haproxy not restarted", path)
         if listener is not None:
@@ -2379,7 +2382,8 @@ def _write(file: FileOptions, options: HaproxyOptions, report: Report, edits: di
 
 
 def sync(mode: Invocation, prune: bool, engines: list[Engine], remembered: frozenset[str] = frozenset(),
-         excluded: frozenset[str] = frozenset(), drainer: Drainer | None = None) -> tuple[Report, dict[str, Fleet]]:
+         excluded: frozenset[str] = frozenset(), drainer: Drainer | None = None,
+         checks: Validations | None = None) -> tuple[Report, dict[str, Fleet]]:
     """--sync / --prune: one pass over the listener -l, or every listener that labels name (and those
     `remembered`), in one write; the report and what each listener it covered holds."""
     action = "prune" if prune else "sync"
@@ -2389,7 +2393,7 @@ def sync(mode: Invocation, prune: bool, engines: list[Engine], remembered: froze
     reach = Addressing() if prune else _addressing(mode, engines[0])
     edits = {name: functools.partial(_sync_edit, prune, name, fleet, reach) for name, fleet in fleets.items()}
     report = _write(mode.file, mode.haproxy, Report(mode.listener, action), edits, engines[0],
-                    skip=mode.listener is None, drainer=drainer)
+                    skip=mode.listener is None, drainer=drainer, checks=checks)
     if mode.listener is None:
         report.servers = None
     return report, fleets
@@ -2472,6 +2476,7 @@ class Commit:
     engine: Engine
     report: Report
     drainer: Drainer | None = None  # a watcher's: deletes happen off the pass
+    checks: Validations | None = None  # a watcher's: what haproxy -c said before
 
     def __post_init__(self) -> None:
         self.target = Path(os.path.realpath(self.file.path))
@@ -2527,7 +2532,7 @@ class Commit:
         candidate = _write_beside(target, text.encode("latin-1"), ".tmp")
         try:
             if checker:
-                _validate(checker, candidate, target, shown)
+                _validate(checker, candidate, target, shown, self.checks, text)
             if self.file.dry_run:
                 log.info("dry run: %s not written", shown)
                 return
@@ -2606,8 +2611,9 @@ def _say_owner_change(shown: str, before: os.stat_result, after: os.stat_result)
                 before.st_gid, os.geteuid(), before.st_gid, extra={"once": ("owner", shown)})
 
 
-def _validate(checker: HostHaproxy | ContainerHaproxy, candidate: Path, target: Path, shown: str) -> None:
-    accepted, alerts = checker.check(candidate, shown)
+def _validate(checker: HostHaproxy | ContainerHaproxy, candidate: Path, target: Path, shown: str,
+              checks: Validations | None = None, text: str = "") -> None:
+    accepted, alerts = checks.check(candidate, text, shown) if checks else checker.check(candidate, shown)
     if accepted:
         log.info("haproxy -c accepts the new %s", shown)
         return
@@ -2616,6 +2622,103 @@ def _validate(checker: HostHaproxy | ContainerHaproxy, candidate: Path, target: 
         raise ConfigError(f"haproxy already rejects {shown} as it is, before any change; "
                           f"fix it first (haproxy -c -f {shown})", old_alerts)
     raise HaproxyError(f"haproxy rejects the changed {shown}; the file is left untouched", alerts)
+
+
+class Validations:
+    """--watch: what haproxy -c said of the texts a watcher wrote or is about to write, so that a pass
+    does not wait for a validation whose answer is known, and can have it made before it needs it.
+
+    A text is known by a digest of it in which every server line of a simple template's making (its
+    name and address are the only words with template variables) stands as the template itself: such
+    lines differ only in a server name the tool made from a container's id or name (letters, digits,
+    `_.-`), an IP address from Docker and a port number, tokens that haproxy takes in those places
+    whatever their values. So once haproxy accepted a listener with N such servers, it accepts any N.
+    Every other line, and every other template, counts byte for byte. A rejected text stays rejected."""
+
+    LIMIT = 1000  # digests kept; the oldest go first
+
+    def __init__(self, checker: HostHaproxy | ContainerHaproxy) -> None:
+        self.checker = checker
+        self.lock = threading.Lock()
+        self.said: dict[str, tuple[bool, str]] = {}
+        self.running: dict[str, threading.Event] = {}
+
+    def check(self, path: Path, text: str, shown: str) -> tuple[bool, str]:
+        """haproxy -c of the candidate at `path` (holding `text`), unless its answer is known or on its way."""
+        key = validation_key(text)
+        with self.lock:
+            known, running = self.said.get(key), self.running.get(key)
+        if known is None and running is not None:
+            running.wait(120)  # prepared in the background: its answer is coming
+            with self.lock:
+                known = self.said.get(key)
+        if known is not None:
+            log.info("haproxy -c %s this text before; not asked again", "accepted" if known[0] else "rejected")
+            return known
+        return self._ask(key, path, shown)
+
+    def prepare(self, build: Callable[[], tuple[str, Path] | None], shown: str) -> None:
+        """In a thread of its own: validate the text `build` makes (and the target beside which to write it)."""
+        threading.Thread(target=self._prepare, args=(build, shown), daemon=True).start()
+
+    def _prepare(self, build: Callable[[], tuple[str, Path] | None], shown: str) -> None:
+        with contextlib.suppress(HdcError):
+            built = build()
+            if built is None:
+                return
+            text, target = built
+            key = validation_key(text)
+            with self.lock:
+                if key in self.said or key in self.running:
+                    return
+            candidate = _write_beside(target, text.encode("latin-1"), ".tmp")
+            try:
+                self._ask(key, candidate, shown)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(candidate)
+
+    def _ask(self, key: str, path: Path, shown: str) -> tuple[bool, str]:
+        done = threading.Event()
+        with self.lock:
+            self.running[key] = done
+        try:
+            answer = self.checker.check(path, shown)
+        finally:
+            with self.lock:
+                del self.running[key]
+            done.set()
+        with self.lock:
+            self.said[key] = answer
+            if len(self.said) > self.LIMIT:
+                del self.said[next(iter(self.said))]
+        return answer
+
+
+def validation_key(text: str) -> str:
+    """The digest Validations knows a text by (see there)."""
+    shaped = text
+    for kind, _, start, end in reversed(sections(text)):
+        template = _section_template(text[start:end]) if kind in ("listen", "backend") else None
+        if template is None or not _simple(template):
+            continue
+        shape = template_pattern(template)
+        body = SERVER_LINE.sub(lambda m: m.group(1) + template if shape.fullmatch(m.group(2)) else m.group(0),
+                               text[start:end])
+        shaped = shaped[:start] + body + shaped[end:]
+    return hashlib.sha256(shaped.encode("latin-1", "replace")).hexdigest()
+
+
+def _section_template(section: str) -> str | None:
+    found = [template_of(m.group(1)) for m in TEMPLATE_LINE.finditer(section)]
+    found = [f for f in found if f]
+    return found[0] if len(found) == 1 else None
+
+
+def _simple(template: str) -> bool:
+    """Template variables in the name and address words only, the address holding the ip and the port."""
+    words = ERB_VARIABLE.sub(lambda m: "${" + m.group(1) + "}", template).split()
+    return len(words) > 1 and "$" not in " ".join(words[2:]) and "ip" in words[1] and "port" in words[1]
 
 
 def reconcile(file: FileOptions, options: HaproxyOptions, listeners: list[str], drainer: Drainer) -> None:
@@ -3141,6 +3244,30 @@ class Drainer:
                 self.disabled.pop((backend, name), None)
 
 
+def _validations(mode: Invocation, engine: Engine) -> Validations | None:
+    """A watcher's record of validations, with a haproxy (and Docker connection) of its own."""
+    if not mode.file.validate:
+        return None
+    try:
+        checker = _haproxy(mode.haproxy, True, Engine(engine.url, host_ip=engine.host_ip))
+    except HaproxyError:
+        return None  # no haproxy to validate with: the passes say so
+    return Validations(checker) if checker is not None else None
+
+
+def _one_more(path: Path, listener: str) -> tuple[str, Path] | None:
+    """The config with one more server of a simple template in the listener (a placeholder standing for
+    any container: see Validations), and where to write it; None where that says nothing."""
+    text = read_config(path)
+    section = Listener(text, listener, str(path))
+    _, template, indent = section.template()
+    line = render_template(template, {"id": "0" * 12, "name": "hdc-placeholder", "ip": "192.0.2.1", "port": 1})
+    if not _simple(template) or server_name(line) in _server_lines(section):
+        return None
+    section.put_server(line, indent)
+    return section.text(), Path(os.path.realpath(path))
+
+
 class Watcher:
     """--watch: one pass now, then one per burst of wake-ups, until SIGTERM/SIGINT.
 
@@ -3158,6 +3285,7 @@ class Watcher:
         self.retry = Backoff()
         self.liveness = Liveness()
         self.drainer = Drainer(mode.haproxy.drain_timeout, self.stop)
+        self.checks = _validations(mode, engines[0])
         self.text: str | None = None  # the config as the last pass left it: other text is a hand edit
         self.last_pass = float("-inf")  # when the last pass started (monotonic)
         self.fast_until = float("-inf")  # the task pollers ask fast until then (after a service event)
@@ -3193,6 +3321,15 @@ class Watcher:
 
     def post(self, wake: Wake) -> None:
         self.wakes.put(wake)
+
+    def prepare(self, event: dict[str, Any]) -> None:
+        """A container was created (it starts next): have haproxy -c say now what the pass that adds it
+        will need, a listener with one server more (see Validations), so that the pass need not wait."""
+        labels = (event.get("Actor") or {}).get("Attributes") or {}
+        listener = self.mode.listener or labels.get(LABEL_LISTEN, "")
+        if self.checks is not None and LABEL_RULES[LABEL_LISTEN][0].fullmatch(listener[:LABEL_LIMIT + 1]):
+            self.checks.prepare(functools.partial(_one_more, Path(self.mode.file.path), listener),
+                                self.mode.file.path)
 
     def _next_burst(self) -> list[Wake] | None:
         """Wait for a wake-up; None once asked to stop; an empty burst when a retry is due, or after the
@@ -3244,7 +3381,7 @@ class Watcher:
         try:
             self._hand_edit()
             report, fleets = sync(self.mode, False, self.engines, self.listeners, frozenset(self.excluded),
-                                  self.drainer)
+                                  self.drainer, self.checks)
             self.listeners |= set(fleets)
             reconcile(self.mode.file, self.mode.haproxy, list(fleets), self.drainer)
             self.text = report.text or self.text
@@ -3375,6 +3512,9 @@ def _follow(engine: Engine, watcher: Watcher, filtered: bool) -> None:
             for event in stream:
                 watcher.observer.event(url)
                 if not _may_matter(event, filtered):
+                    continue
+                if event.get("Type") == "container" and event.get("Action") == "create":
+                    watcher.prepare(event)  # no pass: it is not running yet
                     continue
                 if _leaving(event):
                     watcher.drainer.leaving(event.get("id", ""))
