@@ -8,6 +8,9 @@ import pytest
 
 import haproxy_docker_config as hdc
 
+#: No Docker needed (tests/conftest.py): these run wherever python-augeas installs.
+DOCKER = False
+
 PACKAGED = sorted(["/etc/haproxy/haproxy.cfg", *glob.glob("/usr/share/listener/haproxy/examples/*.cfg")])
 
 SEED = """global

@@ -9,6 +9,9 @@ from hypothesis import strategies as st
 
 import haproxy_docker_config as hdc
 
+#: No Docker needed (tests/conftest.py): these run wherever python-augeas installs.
+DOCKER = False
+
 SECTIONS = ["global", "defaults", "frontend", "backend", "listen", "peers", "resolvers", "userlist",
             "cache", "program", "mailers", "ring", "http-errors", "log-forward"]
 SECTION_RE = re.compile("|".join(SECTIONS + ["fcgi-app", "crt-store", "traces", "acme"]))

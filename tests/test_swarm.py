@@ -14,7 +14,7 @@ import haproxy_docker_config as hdc
 
 import load  # bench/load.py (conftest puts bench/ on the path)
 from swarm_support import (API, HTTPD, HTTPD_V2, LISTEN, MARK, NETWORK, PORT, TEMPLATE, WEB, HaproxyBox, Swarm,
-                           Watcher, change_under_load, container_id, docker_cli, haproxy_box, haproxy_config,
+                           box_watcher, change_under_load, container_id, docker_cli, haproxy_box, haproxy_config,
                            listeners, served, shorts, swarm, task_address, wait_listed)
 
 
@@ -199,7 +199,7 @@ def test_one_pass_over_two_listeners_is_one_write_and_one_reload(sw, services, b
 
 def test_watch_follows_scaling_and_a_rolling_update_without_a_failed_request(sw, services, box, tmp_path) -> None:
     service = services(replicas=3, labels={PORT: "8080"})
-    watcher = Watcher(box, tmp_path / "watch.log", "-l", WEB, "--service", service)
+    watcher = box_watcher(box, tmp_path / "watch.log", "-l", WEB, "--service", service)
     outcome, delays = load.Outcome(), []
     try:
         wait_listed(box.ports[8000], shorts(sw.wait_running(service, 3)), watcher)
@@ -211,7 +211,7 @@ def test_watch_follows_scaling_and_a_rolling_update_without_a_failed_request(sw,
                 "--update-parallelism", "1", "--update-delay", "0s", service], 2, image=HTTPD_V2)
         assert served(box.ports[8000], 8) == shorts(sw.tasks(service)), watcher.tail()
     finally:
-        assert watcher.stop() == 0
+        stopped = watcher.stop()
+    assert stopped == 0, watcher.tail()
     assert outcome.failures == [], outcome.failures[:5]
     assert len(outcome.latencies) > 300 and len(delays) == 5
-    assert max(delays) <= 2.0, f"new tasks served {delays} s after running"
