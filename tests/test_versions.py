@@ -203,3 +203,39 @@ def test_without_dynamic_servers_and_without_h_the_file_waits_for_a_reload(proxy
         hdc.Runtime(str(proxy.sock)).ask(f"del server {proxy.listener}/{a.short_id}", "Server deleted")
     assert str(refused.value) == (f"haproxy refused 'del server {proxy.listener}/{a.short_id}': "
                                   "Unknown command. Please enter one of the following commands only :")
+
+
+#: Every name haproxy's source registers as a section, 2.2 to 3.2 (REGISTER_CONFIG_SECTION and
+#: cfg_register_section; spoe-* are the SPOE filter's own file's), and one no haproxy knows.
+SOURCE_SECTIONS = ("global", "defaults", "frontend", "backend", "listen", "peers", "resolvers", "userlist",
+                   "mailers", "cache", "program", "http-errors", "ring", "fcgi-app", "log-forward", "namespace_list",
+                   "crt-store", "traces", "log-profile", "acme", "spoe-agent", "spoe-group", "spoe-message")
+NO_SECTION = "hdc-no-such-section"
+
+
+def _sections_known(run: list[str], directory: Path, seen_as: str) -> set[str]:
+    """The candidates haproxy takes as section keywords: one config per keyword through `haproxy -c`,
+    which answers "unknown keyword 'K' out of section" for every other word (its args, if any, may fail)."""
+    script = "; ".join(f"echo '== {k}'; haproxy -c -f {seen_as}/{k}.cfg 2>&1" for k in (*SOURCE_SECTIONS, NO_SECTION))
+    for keyword in (*SOURCE_SECTIONS, NO_SECTION):
+        (directory / f"{keyword}.cfg").write_text(f"{keyword} x\n")
+    said = subprocess.run([*run, "sh", "-c", script], capture_output=True, text=True, timeout=120).stdout
+    answers = dict(part.split("\n", 1) for part in said.split("== ")[1:])
+    assert set(answers) == {*SOURCE_SECTIONS, NO_SECTION}, said
+    return {k for k, answer in answers.items() if f"unknown keyword '{k}' out of section" not in answer}
+
+
+def test_every_section_keyword_haproxy_knows_is_known_to_the_lens(tmp_path, docker_client) -> None:
+    """Asked of haproxy itself, not of the module's list: 2.6 on this host, 2.2 and 3.0 in their images."""
+    from test_properties import HAPROXY_SECTIONS
+
+    kw = tmp_path / "kw"
+    kw.mkdir()
+    known = {"2.6": _sections_known([], kw, str(kw))}
+    for version in ("2.2", "3.0"):
+        known[version] = _sections_known(["docker", "run", "--rm", "--network", "none", "--label", f"{LABEL}={RUN}",
+                                          "-v", f"{kw}:/kw:ro", f"hdc-haproxy:{version}"], kw, "/kw")
+    assert all(NO_SECTION not in words and len(words) >= 14 for words in known.values()), known
+    assert set().union(*known.values()) == set(HAPROXY_SECTIONS), known  # the property tests' list is haproxy's
+    assert set(HAPROXY_SECTIONS) <= set(hdc.SECTION_KEYWORDS)
+    assert known["3.0"] - known["2.2"] == {"log-forward", "crt-store"}  # the probe tells versions apart
