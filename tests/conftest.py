@@ -439,3 +439,11 @@ def counting_haproxy(directory: Path, before_check: str = "") -> tuple[Path, Pat
                        f'fi\nexec {shutil.which("haproxy") or "/usr/sbin/haproxy"} "$@"\n')
     wrapper.chmod(0o755)
     return wrapper, calls
+
+
+def serve_more(outcome: object, count: int, timeout: float = 60) -> None:
+    """Wait until the load (bench/load.py's Outcome) had `count` more requests answered: what a fixed
+    sleep under load was for, as a condition."""
+    answered = len(outcome.latencies)  # type: ignore[attr-defined]
+    wait_until(lambda: len(outcome.latencies) >= answered + count, timeout,  # type: ignore[attr-defined]
+               lambda: f"{len(outcome.latencies) - answered} of {count} more requests answered")
