@@ -1421,7 +1421,8 @@ def _connect(address: str) -> socket.socket:
         target: Any = (host.strip("[]"), int(port))
     else:
         sock = socket.socket(socket.AF_UNIX)
-        target = ("\0" + rest) if kind == "abns" else rest
+        # haproxy binds an abns@ name as the whole sun_path, padded with NULs: so must the client
+        target = ("\0" + rest).ljust(108, "\0") if kind == "abns" else rest
     sock.settimeout(10)
     try:
         sock.connect(target)
