@@ -206,11 +206,12 @@ def servers(cfg) -> set[str]:
 
 
 class SwitchableEngine:
-    """A unix socket in front of the local dockerd that forwards, or, once refused, closes every connection
-    at once; it records when each connection came (the watcher's attempts)."""
+    """A unix socket in front of the local dockerd. Once `refuse()`d it breaks the event streams and closes
+    every new GET /events at once (other requests still pass): it records when each /events came, so the
+    watcher's attempts to follow the events again are seen where they arrive."""
 
     def __init__(self, path: Path) -> None:
-        self.path, self.refusing, self.accepted = path, False, []
+        self.path, self.refusing, self.events = path, False, []
         self.listener = socket.socket(socket.AF_UNIX)
         self.listener.bind(str(path))
         self.listener.listen(64)
@@ -223,15 +224,24 @@ class SwitchableEngine:
                 conn = self.listener.accept()[0]
             except OSError:
                 return
-            self.accepted.append(time.monotonic())
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        head = b""
+        with contextlib.suppress(OSError):
+            while b"\r\n" not in head and (data := conn.recv(65536)):
+                head += data
+        if b" /events" in head.split(b"\r\n", 1)[0] or b"/events?" in head.split(b"\r\n", 1)[0]:
+            self.events.append(time.monotonic())
             if self.refusing:
                 conn.close()
-                continue
-            engine = socket.socket(socket.AF_UNIX)
-            engine.connect("/var/run/docker.sock")
-            self.open += [conn, engine]
-            for a, b in ((conn, engine), (engine, conn)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+                return
+        engine = socket.socket(socket.AF_UNIX)
+        engine.connect("/var/run/docker.sock")
+        engine.sendall(head)
+        self.open += [conn, engine]
+        for a, b in ((conn, engine), (engine, conn)):
+            threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
     @staticmethod
     def _pipe(source: socket.socket, sink: socket.socket) -> None:
@@ -242,7 +252,7 @@ class SwitchableEngine:
             sink.shutdown(socket.SHUT_WR)
 
     def refuse(self) -> float:
-        """From now on, close every connection; the open ones too (the event stream breaks)."""
+        """From now on, close every /events at once; the open connections too (the event stream breaks)."""
         self.refusing = True
         for conn in self.open:
             with contextlib.suppress(OSError):
@@ -262,10 +272,10 @@ def test_the_watcher_reconnects_with_growing_backoff(tmp_path, watcher) -> None:
     try:
         cfg = write_config(tmp_path, listener=f"b{RUN}", stats_socket=False)
         w = watcher(cfg.path, "-l", f"b{RUN}", "--docker-url", f"unix://{engine.path}")
-        wait_until(lambda: len(engine.accepted) >= 2, 60, w.tail)  # a pass and the event stream
+        wait_until(lambda: len(engine.events) >= 1, 60, w.tail)  # it follows the events
         gone = engine.refuse()
-        wait_until(lambda: len([t for t in engine.accepted if t > gone]) >= 4, 60, w.tail)
-        attempts = [t for t in engine.accepted if t > gone][:4]
+        wait_until(lambda: len([t for t in engine.events if t > gone]) >= 4, 60, w.tail)
+        attempts = [t for t in engine.events if t > gone][:4]
         gaps = [b - a for a, b in zip(attempts, attempts[1:])]
         assert gaps == sorted(gaps) and gaps[-1] > 1.5 * gaps[0], gaps
         assert "retrying in 0.5s" in w.text() and "retrying in 1s" in w.text()
