@@ -11,7 +11,6 @@ import contextlib
 import json
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys

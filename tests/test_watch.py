@@ -8,7 +8,6 @@ import threading
 import time
 import urllib.request
 
-import pytest
 from conftest import (IMAGE, LABEL, RUN, FileWrites, ask_haproxy, counting_haproxy, haproxy_pids, run_cli,
                       wait_until, write_config)
 
@@ -16,6 +15,8 @@ import load  # bench/load.py (conftest puts bench/ on the path)
 
 LISTEN = "haproxy-docker-config.listen"
 MAIN_URL = "unix:///var/run/docker.sock"
+#: A listener of this run only: label-driven watchers of other suites on this dockerd never see it.
+MINE = f"w{RUN}"
 
 
 def resilient_config(tmp_path):
@@ -27,9 +28,9 @@ def resilient_config(tmp_path):
     return cfg
 
 
-def live_servers(cfg) -> set[str]:
+def live_servers(cfg, listener: str = "web") -> set[str]:
     """Servers the running haproxy sends traffic to (not in maintenance), asked on its stats socket."""
-    rows = [line.split() for line in ask_haproxy(cfg.sock, "show servers state web").splitlines()[2:]]
+    rows = [line.split() for line in ask_haproxy(cfg.sock, f"show servers state {listener}").splitlines()[2:]]
     return {row[3] for row in rows if len(row) > 6 and row[6] == "0"}  # srv_admin_state 0: ready
 
 
@@ -101,13 +102,13 @@ def test_a_burst_of_20_starts_gives_one_write_per_window_and_no_reload(tmp_path,
     haproxy's pids: the watcher's own log proves none of them. How many windows the starts span is
     Docker's word (its event times): on a quiet machine one, so one write; 0.5 s either way of a
     window's end may fall on either side."""
-    cfg = write_config(tmp_path, listener="web")
+    cfg = write_config(tmp_path, listener=MINE)
     checker, checks = counting_haproxy(tmp_path)
-    created = [run_labelled(docker_client, start=False) for _ in range(20)]
+    created = [run_labelled(docker_client, MINE, start=False) for _ in range(20)]
     try:
         pids = haproxy(cfg)
         with FileWrites(cfg.path) as writes:
-            w = watcher(cfg.path, "-v", "-l", "web", "-h", str(cfg.pidfile), "--coalesce", "5",
+            w = watcher(cfg.path, "-v", "-l", MINE, "-h", str(cfg.pidfile), "--coalesce", "5",
                         "--haproxy-bin", str(checker))
             wait_until(lambda: "unchanged" in w.text(), 60, w.tail)  # its first pass is done
             assert (writes.count(), checks.read_text()) == (0, "")
@@ -128,7 +129,7 @@ def test_a_burst_of_20_starts_gives_one_write_per_window_and_no_reload(tmp_path,
             assert fewest <= writes.count() <= most and fewest <= len(checks.read_text().splitlines()) <= most, (
                 f"{writes.count()} writes for starts spanning {max(starts) - min(starts):.1f} s")
         assert most < 20  # the burst was coalesced at all
-        assert haproxy_pids(cfg) == pids and live_servers(cfg) == {c.short_id for c in created}
+        assert haproxy_pids(cfg) == pids and live_servers(cfg, MINE) == {c.short_id for c in created}
     finally:
         for c in created:
             c.remove(force=True)
@@ -137,21 +138,21 @@ def test_a_burst_of_20_starts_gives_one_write_per_window_and_no_reload(tmp_path,
 def test_sigterm_during_a_change_finishes_it_and_exits_0(tmp_path, docker_client, watcher) -> None:
     """The validation of a change is held (the wrapper waits for a go file) until SIGTERM has been sent:
     the change is surely in flight, and must land whole."""
-    cfg = write_config(tmp_path, listener="web")
+    cfg = write_config(tmp_path, listener=MINE)
     held, go = tmp_path / "candidate-held", tmp_path / "go"
-    checker, _ = counting_haproxy(tmp_path, f'cp "$3" {held}; i=0; while [ ! -e {go} ] && [ $i -lt 600 ]; do '
+    checker, checks = counting_haproxy(tmp_path, f'cp "$3" {held}; i=0; while [ ! -e {go} ] && [ $i -lt 600 ]; do '
                                                  f'sleep 0.05; i=$((i+1)); done')  # 30 s at most
     made = []
     try:
-        w = watcher(cfg.path, "-v", "-l", "web", "--haproxy-bin", str(checker))
+        w = watcher(cfg.path, "-v", "-l", MINE, "--haproxy-bin", str(checker))
         wait_until(lambda: "unchanged" in w.text(), 60, w.tail)  # its first pass is done
-        made = [run_labelled(docker_client) for _ in range(3)]
+        made = [run_labelled(docker_client, MINE) for _ in range(3)]
         wait_until(held.exists, 60, w.tail)
         in_flight = file_servers_of(held.read_text())
         assert in_flight and in_flight <= {c.short_id for c in made}
         w.proc.send_signal(signal.SIGTERM)
         go.touch()
-        assert w.stop() == 0 and "stopped watching" in w.text()
+        assert w.stop() == 0 and "stopped watching" in w.text(), checks.read_text()
         assert in_flight <= file_servers(cfg) <= {c.short_id for c in made}  # the change in flight landed
         assert subprocess.run(["haproxy", "-c", "-q", "-f", str(cfg.path)]).returncode == 0
     finally:
