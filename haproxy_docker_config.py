@@ -96,10 +96,11 @@ EXIT_STATUS_HELP = """exit status:
 LENS_MODULE = "Haproxy_docker_config"
 LENS_NAME = LENS_MODULE + ".lns"
 
-#: Every keyword that opens a section, for the lens and for finding section boundaries.
+#: Every keyword that opens a section, for the lens and for finding section boundaries: those of haproxy
+#: 2.2 to 3.0 (tests/test_versions.py asks each), and traces, log-profile (3.1) and acme (3.2).
 SECTION_KEYWORDS = ("global", "defaults", "frontend", "backend", "listen", "peers", "resolvers", "userlist",
                     "mailers", "cache", "program", "http-errors", "ring", "fcgi-app", "log-forward",
-                    "crt-store", "traces", "acme")
+                    "namespace_list", "crt-store", "traces", "log-profile", "acme")
 SECTION_HEADER = re.compile(r"^[ \t]*(%s)(?=[ \t\r\n]|$)(?:[ \t]+([^ \t\r\n]+))?" % "|".join(SECTION_KEYWORDS),
                             re.MULTILINE)
 
@@ -134,6 +135,8 @@ HAPROXY_VERSION = re.compile(r"^(?:Version:[ \t]*|HA-?Proxy version[ \t]+)((\d+)
 #: process in waitpid mode" after a failed one. After a failure the old workers keep serving.
 RELOAD_SUCCESS = re.compile(r"Loading success|New worker #\d+ \(\d+\) forked")
 RELOAD_FAILURE = re.compile(r"Loading failure|Failed to load worker|Reexecuting Master process in waitpid mode")
+#: What haproxy splits a config line's words on (isspace in the C locale).
+HAPROXY_SPACE = re.compile("[ \t\n\v\f\r]+")
 TEMPLATE_MARK = re.compile(r"DOCKERSERVER(?:\s+|$)")
 #: A #DOCKERSERVER line (its comment text), and a server line (its indent and keyword, and its value).
 TEMPLATE_LINE = re.compile(r"^[ \t]*#[ \t]*(DOCKERSERVER[^\r\n]*)", re.MULTILINE)
@@ -311,14 +314,21 @@ def render_template(template: str, values: dict[str, Any]) -> str:
     return line
 
 
+def _words(line: str) -> list[str]:
+    """The words of a line as haproxy splits them: on C's isspace, not on Python's wider whitespace
+    (a name holding 0x1c or 0xa0, say, is one word to haproxy)."""
+    return [word for word in HAPROXY_SPACE.split(line) if word]
+
+
 def server_name(line: str | None) -> str:
     """The name of a server from the value of its line (`NAME ADDR:PORT ...`)."""
-    return line.split(None, 1)[0] if line and line.strip() else ""
+    words = _words(line or "")
+    return words[0] if words else ""
 
 
 def server_address(line: str) -> tuple[str | None, int | None]:
     """(ip, port) of a server line's value (`NAME ADDR:PORT ...`); None where it has none."""
-    words = line.split()
+    words = _words(line)
     return split_address(words[1]) if len(words) > 1 else (None, None)
 
 
@@ -1000,11 +1010,31 @@ def _lens_dir() -> Iterator[str]:
     yield str(directory)
 
 
+#: Bytes that cannot go through Augeas as they are: libaugeas keeps 0x01-0x04 for markers of its own
+#: (0x04 aborts the process, 0x01-0x03 fail text_retrieve), and the lens ends lines at a CR it cannot
+#: hold alone. Each goes through as a character of the private use area instead: config texts are read
+#: as latin-1 (read_config), so none of those can be in them, and every other byte but NUL round-trips.
+_TO_AUGEAS = {chr(byte): chr(0xF700 + byte) for byte in (1, 2, 3, 4, 13)}
+_FROM_AUGEAS = str.maketrans({v: k for k, v in _TO_AUGEAS.items()})
+_UNSAFE = re.compile("[\x01-\x04]|\r(?!\n)")
+
+
+def _to_augeas(text: str) -> str:
+    """text with the bytes Augeas cannot hold replaced by their stand-ins."""
+    return _UNSAFE.sub(lambda m: _TO_AUGEAS[m.group()], text) if _UNSAFE.search(text) else text
+
+
+def _from_augeas(text: str) -> str:
+    """What Augeas holds, with the stand-ins turned back into the bytes they stand for."""
+    return text.translate(_FROM_AUGEAS)
+
+
 class ConfigDoc:
     """One haproxy.cfg parsed by the lens into an Augeas tree under /cfg.
 
     The text goes through Augeas's text_store/text_retrieve, so Augeas never
-    touches a file: reading, locking, validating and replacing stay ours.
+    touches a file: reading, locking, validating and replacing stay ours. Values
+    cross into the tree through _set/_get, which swap the bytes Augeas cannot hold.
     """
 
     def __init__(self, text: str, source: str, first_line: int = 1) -> None:
@@ -1020,8 +1050,15 @@ class ConfigDoc:
             # python-augeas frees its native handle (megabytes) only when the cycle collector
             # finds it, which in a long --watch can be many passes later: free it with this doc.
             weakref.finalize(self, self.aug.close)
-            self.aug.set("/input", text + self._newline)
+            self._set("/input", text + self._newline)
             self._store()
+
+    def _get(self, path: str) -> str | None:
+        value = self.aug.get(path)
+        return None if value is None else _from_augeas(value)
+
+    def _set(self, path: str, value: str) -> None:
+        self.aug.set(path, _to_augeas(value))
 
     def _store(self) -> None:
         try:
@@ -1033,7 +1070,7 @@ class ConfigDoc:
         line = int(self.aug.get("/augeas/text/cfg/error/line") or 0)
         message = self.aug.get("/augeas/text/cfg/error/message") or "parse failed"
         text = (self.aug.get("/input") or "").split("\n")
-        bad = text[line - 1].strip() if 0 < line <= len(text) else ""
+        bad = _from_augeas(text[line - 1]).strip() if 0 < line <= len(text) else ""
         where = self._first_line + line - 1
         raise ConfigError(f"{self.source}:{where}: cannot parse {bad!r} ({message}); fix this line")
 
@@ -1045,17 +1082,17 @@ class ConfigDoc:
             text = re.sub(r"(?<!\r)\n", "\r\n", text)
         if self._newline and text.endswith(self._newline):
             text = text[:-len(self._newline)]
-        return text
+        return _from_augeas(text)
 
     def servers(self, section: str) -> list[tuple[str, str]]:
         """(path, value) of every `server` line of a section, in file order."""
-        return [(p, self.aug.get(p) or "") for p in self.aug.match(f"{section}/server")]
+        return [(p, self._get(p) or "") for p in self.aug.match(f"{section}/server")]
 
     def template(self, section: str) -> tuple[str, str, str]:
         """(path, template, indent) of the section's one #DOCKERSERVER comment."""
-        found = [(p, template_of(self.aug.get(p) or "")) for p in self.aug.match(f"{section}/#comment")]
+        found = [(p, template_of(self._get(p) or "")) for p in self.aug.match(f"{section}/#comment")]
         found = [(p, t) for p, t in found if t is not None]
-        name = server_name(self.aug.get(section))
+        name = server_name(self._get(section))
         if not found:
             raise ConfigError(f"{self.source}: listener {name} has no #DOCKERSERVER template line; "
                               f"add one such as '#DOCKERSERVER $id $ip:$port check'")
@@ -1065,7 +1102,7 @@ class ConfigDoc:
         (path, template), = found
         if not template:
             raise ConfigError(f"{self.source}: the #DOCKERSERVER template of listener {name} is empty")
-        return path, template, self.aug.get(path + "/#indent") or ""
+        return path, template, self._get(path + "/#indent") or ""
 
     def put_server(self, section: str, line: str, indent: str) -> None:
         """Rewrite the server of the same name, or add it after the last server line."""
@@ -1074,14 +1111,14 @@ class ConfigDoc:
         for path, value in servers:
             if server_name(value) == name:
                 if value != line:
-                    self.aug.set(path, line)
+                    self._set(path, line)
                 return
         anchor = servers[-1][0] if servers else self.template(section)[0]
         self.aug.insert(anchor, "server", before=False)
         new = f"{section}/server[last()]" if servers else f"{section}/server[1]"
-        self.aug.set(new, line)
+        self._set(new, line)
         if indent:
-            self.aug.set(new + "/#indent", indent)
+            self._set(new + "/#indent", indent)
 
     def remove_servers(self, section: str, names: set[str]) -> list[str]:
         """Remove the servers with one of these names; return the names removed."""
@@ -1532,7 +1569,8 @@ def _connect(address: str) -> socket.socket:
         target: Any = (host.strip("[]"), int(port))
     else:
         sock = socket.socket(socket.AF_UNIX)
-        target = ("\0" + rest) if kind == "abns" else rest
+        # haproxy binds an abns@ name as the whole sun_path, padded with NULs: so must the client
+        target = ("\0" + rest).ljust(108, "\0") if kind == "abns" else rest
     sock.settimeout(10)
     try:
         sock.connect(target)
@@ -3843,8 +3881,24 @@ def main(argv: list[str] | None = None) -> int:
             log.exception("traceback:")
         error(f"ERROR: unexpected {type(exc).__name__}: {one_line(str(exc))}; rerun with -v for the traceback\n")
         return EXIT_CONFIG
-    sys.stdout.write(render(report, args.format or "plain", args.verbose))
+    _write_out(render(report, args.format or "plain", args.verbose), args.format is None)
     return report.status
+
+
+def _write_out(text: str, plain: bool) -> None:
+    """Write the output; plain output gives the config's lines back as their own bytes (the file was read
+    as latin-1, so `--show` of a line holding 0xe9 prints 0xe9, not UTF-8's c3 a9)."""
+    buffer = getattr(sys.stdout, "buffer", None)
+    try:
+        data = text.encode("latin-1") if plain and buffer is not None else None
+    except UnicodeEncodeError:  # a character no file byte gives (a container label, say)
+        data = None
+    if data is None:
+        sys.stdout.write(text)
+        return
+    sys.stdout.flush()
+    buffer.write(data)
+    buffer.flush()
 
 
 if __name__ == "__main__":

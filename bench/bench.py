@@ -39,6 +39,7 @@ import configs
 import haproxy_docker_config as hdc
 from counting_proxy import CountingProxy
 from fleet import IMAGE, Fleet
+import provenance  # noqa: E402
 from measure import BenchError, Command, CpuSnapshot, measure, run_child, wait_until_quiet
 from report import Results, Traffic, write_report
 
@@ -192,25 +193,13 @@ def environment(client: docker.DockerClient, haproxy: str) -> dict[str, str]:
         "Python": platform.python_version(),
         "docker-py": docker.__version__,
         "libaugeas": aug.get("/augeas/version") or "unknown",
-        "haproxy-docker-config": f"{hdc.__version__}, {tool_revision()}",
+        "haproxy-docker-config": f"{hdc.__version__}, module sha256 {module_digest()}",
     }
 
 
 def module_digest() -> str:
     """sha256 of the module the console script runs: it may be edited while the bench runs."""
     return hashlib.sha256(Path(hdc.__file__).read_bytes()).hexdigest()[:12]
-
-
-def tool_revision() -> str:
-    def git(*args: str) -> subprocess.CompletedProcess[str]:
-        try:
-            return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
-        except FileNotFoundError:  # no git (a tarball, a minimal machine): the module's digest still says it
-            return subprocess.CompletedProcess(args, 0, "", "")
-
-    head = git("rev-parse", "--short", "HEAD").stdout.strip() or "unknown"
-    dirty = git("diff", "--quiet", "HEAD", "--", Path(hdc.__file__).name).returncode != 0
-    return f"git {head}{' with uncommitted changes' if dirty else ''}, module sha256 {module_digest()}"
 
 
 def _os_release() -> str:
@@ -297,6 +286,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="3 runs per command instead of 7")
     parser.add_argument("--out", type=Path, default=REPO / "docs", help="where bench.md and bench.png go")
+    provenance.add_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -312,10 +302,11 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.pop(variable, None)
     client = docker.DockerClient(base_url=DOCKER_URL)
     try:
+        measured_at = provenance.commit("bench.py", args.allow_dirty)
         haproxy = preflight(client)
         results = Results(reps=3 if args.quick else 7, command=command_line(args),
                           started=datetime.datetime.now(datetime.timezone.utc),
-                          environment=environment(client, haproxy))
+                          environment={**environment(client, haproxy), "measured at commit": measured_at})
         digest = module_digest()
         with terminate_cleanly():
             run_benchmark(results, client, haproxy)
@@ -323,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
             results.warnings.append(f"{hdc.__file__} changed while the benchmark ran (sha256 {digest} "
                                     f"at the start, {module_digest()} at the end): stages may have timed "
                                     f"different code; run again")
-    except (BenchError, docker.errors.DockerException) as exc:
+    except (BenchError, provenance.DirtyTree, docker.errors.DockerException) as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 1
     results.duration = time.monotonic() - _T0

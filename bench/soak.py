@@ -39,6 +39,7 @@ from pathlib import Path
 import docker
 import docker.errors
 
+import provenance  # noqa: E402
 from bench import environment, terminate_cleanly
 from fleet import IMAGE
 from load import free_port
@@ -311,6 +312,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--minutes", type=float, default=11.0, help="length of the run (at least 10 for the record)")
     parser.add_argument("--starts", type=int, default=500, help="containers started (and stopped)")
     parser.add_argument("--out", type=Path, default=REPO / "docs", help="where soak.md and soak.png go")
+    provenance.add_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -322,7 +324,12 @@ def main(argv: list[str] | None = None) -> int:
     command = ".venv/bin/python bench/soak.py" + "".join(
         f" {flag} {value}" for flag, value in (("--minutes", args.minutes), ("--starts", args.starts))
         if value != parse_args([]).__dict__[flag[2:]])
-    run = SoakRun(command, datetime.datetime.now(datetime.timezone.utc), {})
+    try:
+        run = SoakRun(command, datetime.datetime.now(datetime.timezone.utc),
+                      {"measured at commit": provenance.commit("soak.py", args.allow_dirty)})
+    except provenance.DirtyTree as exc:
+        print(f"soak: {exc}", file=sys.stderr)
+        return 1
     try:
         with terminate_cleanly(), tempfile.TemporaryDirectory(prefix="hdc-soak-") as tmp:
             soak(run, Path(tmp), args.minutes, args.starts)

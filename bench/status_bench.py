@@ -30,6 +30,7 @@ import docker
 import configs
 from counting_proxy import CountingProxy
 from load import free_port
+import provenance
 from measure import CpuSnapshot, Sample, run_child
 from report import STATUS_BEGIN, STATUS_END, md_table
 from soak import running_haproxy
@@ -78,7 +79,7 @@ def tool(config: Path, *args: str) -> list[str]:
 
 
 def section(runs: dict[str, list[tuple[Sample, float]]], requests: list[str], running: int, reps: int,
-            rows: int, others: float) -> str:
+            rows: int, others: float, measured_at: str) -> str:
     def median(values: list[float]) -> float:
         return statistics.median(values)
 
@@ -96,7 +97,7 @@ def section(runs: dict[str, list[tuple[Sample, float]]], requests: list[str], ru
             f"on the engine. CPU s is user plus system time of the command and the children it waited for "
             f"(the `/bin/true` row is the launcher's own share); other work kept {others:.1f} cores of 2 busy "
             f"on average while this ran, which stretches wall times, not CPU times.\n\n"
-            + table + f"\n{STATUS_END}\n")
+            f"- measured at commit: {measured_at}\n\n" + table + f"\n{STATUS_END}\n")
 
 
 def write_section(text: str, path: Path) -> None:
@@ -112,7 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--out", type=Path, default=REPO / "docs")
+    provenance.add_argument(parser)
     args = parser.parse_args(argv)
+    try:
+        measured_at = provenance.commit("status_bench.py", args.allow_dirty)
+    except provenance.DirtyTree as exc:
+        print(f"status_bench: {exc}", file=sys.stderr)
+        return 1
     with tempfile.TemporaryDirectory(prefix="hdc-status-") as tmp, contextlib.closing(CountingProxy()) as proxy:
         config = Path(tmp) / "haproxy.cfg"
         config.write_text(config_text(Path(tmp)))
@@ -131,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             run_child(tool(config, "--status", "--docker-url", proxy.url))
             requests = proxy.take()[0]
         running = len(docker.from_env().api.containers(quiet=True, all=True))
-    write_section(section(runs, requests, running, args.reps, rows, others), args.out / "bench.md")
+    write_section(section(runs, requests, running, args.reps, rows, others, measured_at), args.out / "bench.md")
     wall = statistics.median(s.wall for s, _ in runs["--status"])
     print(f"--status on {SERVERS} servers: median {wall:.3f} s wall; wrote {args.out / 'bench.md'}", file=sys.stderr)
     return 0

@@ -41,6 +41,7 @@ REPO = BENCH.parent
 sys.path.insert(0, str(REPO / "tests"))  # the swarm fixture lives with the tests
 import load  # noqa: E402  (bench/load.py: the load generator)
 from bench import terminate_cleanly  # noqa: E402  (SIGTERM runs the swarm's teardown too)
+import provenance  # noqa: E402
 import swarm_support as ss  # noqa: E402
 
 CLI = str(Path(sys.executable).parent / "haproxy-docker-config")
@@ -256,13 +257,10 @@ def run_bench(nodes: int, rounds: int, with_tool: bool, tmp: Path) -> tuple[list
 def environment(sw: ss.Swarm, nodes: int) -> dict[str, str]:
     engine = sw.client.version()
     haproxy = subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout.splitlines()[0]
-    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                          text=True).stdout.strip()
     return {"nproc": str(len(os.sched_getaffinity(0))), "kernel": os.uname().release,
             "Docker Engine": f"{engine['Version']} (API {engine['ApiVersion']})",
             "haproxy": haproxy, "swarm": f"{nodes} node(s)" + (", the worker a dockerd in a network namespace"
-                                                               " joined over a veth pair" if nodes == 2 else ""),
-            "haproxy-docker-config": f"git {head or 'unknown'}"}
+                                                               " joined over a veth pair" if nodes == 2 else "")}
 
 
 # --- report -------------------------------------------------------------------------------------
@@ -371,13 +369,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dns-only", action="store_true", help="without the tool: try the harness alone")
     parser.add_argument("--out", type=Path, default=REPO / "docs")
+    provenance.add_argument(parser)
     args = parser.parse_args(argv)
     try:
+        measured_at = provenance.commit("swarm.py", args.allow_dirty)
         with terminate_cleanly(), tempfile.TemporaryDirectory(prefix="hdc-swarm-bench-") as tmp:
             phases, env = run_bench(args.nodes, args.rounds, not args.dns_only, Path(tmp))
-    except ss.SwarmSetupError as exc:
+    except (ss.SwarmSetupError, provenance.DirtyTree) as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 1
+    env["measured at commit"] = measured_at
     write_report(phases, env, args, time.monotonic() - _T0)
     progress(f"wrote {args.out / 'bench-swarm.md'} and {args.out / 'bench-swarm.png'}")
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -38,14 +39,26 @@ DEFAULT_TEMPLATE = "$id ${ip}:$port check inter 2000 rise 2 fall 5"
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
-    """Fail the whole run up front when Docker is unusable: skipping would hide it."""
-    try:
-        ok = subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        ok = False
-    if not ok:
-        pytest.exit("`docker info` failed: Docker is not available; run scripts/setup.sh", returncode=3)
+#: Test modules that set DOCKER = False need no engine: they run where only python-augeas installs.
+_ENGINE: list[str] = []
+
+
+def _engine_problem() -> str:
+    """Why `docker info` fails ("" when it works); asked once per session."""
+    if not _ENGINE:
+        try:
+            ok = subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            ok = False
+        _ENGINE.append("" if ok else "`docker info` failed: Docker is not available; run scripts/setup.sh")
+    return _ENGINE[0]
+
+
+@pytest.fixture(autouse=True)
+def _engine_required(request: pytest.FixtureRequest) -> None:
+    """Fail (never skip: that would hide it) a test that needs Docker when no engine answers."""
+    if getattr(request.module, "DOCKER", True) and _engine_problem():
+        pytest.fail(_engine_problem(), pytrace=False)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -113,6 +126,8 @@ def _wait_http_ok(port: int, deadline: float) -> None:
 @pytest.fixture(scope="session")
 def docker_client() -> docker.DockerClient:
     """Docker client; builds the local test image first if it is missing (no registry)."""
+    if _engine_problem():
+        pytest.fail(_engine_problem(), pytrace=False)
     client = docker.from_env()
     try:
         client.images.get(IMAGE)
@@ -322,3 +337,113 @@ def second_engine(docker_client: docker.DockerClient, tmp_path_factory) -> Itera
     with PrivateEngine(tmp_path_factory.mktemp("dockerd2") / "engine") as engine:
         engine.load_image(IMAGE)
         yield engine
+
+
+class Watcher:
+    """The installed CLI running `-f CONFIG --watch ARGS...`, stderr in `log`, stdout in log + ".out"."""
+
+    def __init__(self, config: Path, *args: str, log: Path | None = None) -> None:
+        self.log = log or config.with_name("watch.log")
+        self.out = self.log.with_name(self.log.name + ".out")
+        with self.log.open("w") as err, self.out.open("w") as out:
+            self.proc = subprocess.Popen([str(CLI), "-f", str(config), "--watch", *args],
+                                         stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+
+    def text(self) -> str:
+        """Everything it said on stderr so far."""
+        return self.log.read_text()
+
+    def tail(self) -> str:
+        """The end of its stderr, for an assertion message."""
+        return self.text()[-3000:]
+
+    def stdout(self) -> str:
+        return self.out.read_text()
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Send `sig` (SIGTERM: a clean stop) and return its exit status; SIGKILL after 30 s fails the test."""
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"the watcher did not stop within 30 s of signal {sig}; it logged:\n{self.tail()}")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def watcher() -> Iterator[Callable[..., Watcher]]:
+    """Factory of Watchers (same arguments); every one still running is killed at teardown."""
+    started: list[Watcher] = []
+
+    def start(config: Path, *args: str, log: Path | None = None) -> Watcher:
+        started.append(Watcher(config, *args, log=log))
+        return started[-1]
+
+    yield start
+    for w in started:
+        w.kill()
+
+
+class FileWrites:
+    """Counts, through the kernel's inotify, the writes that replace or rewrite one file: renames onto
+    its name (the atomic write) and writes closed on it (in place). Evidence from the file system, not
+    from the tool's log. Use as a context manager; `count()` reads the events so far."""
+
+    _IN_CLOSE_WRITE, _IN_MOVED_TO = 0x008, 0x080
+
+    def __init__(self, path: Path) -> None:
+        import ctypes
+
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self.path, self.writes = path, 0
+        self._fd = self._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if self._fd < 0 or self._libc.inotify_add_watch(
+                self._fd, str(path.parent).encode(), self._IN_CLOSE_WRITE | self._IN_MOVED_TO) < 0:
+            raise OSError(ctypes.get_errno(), f"inotify on {path.parent}")
+
+    def count(self) -> int:
+        """Writes of the file seen since the start."""
+        import struct
+
+        while True:
+            try:
+                data = os.read(self._fd, 65536)
+            except BlockingIOError:
+                return self.writes
+            offset = 0
+            while offset < len(data):
+                _, mask, _, length = struct.unpack_from("iIII", data, offset)
+                name = data[offset + 16:offset + 16 + length].rstrip(b"\0").decode()
+                self.writes += name == self.path.name and bool(mask & (self._IN_CLOSE_WRITE | self._IN_MOVED_TO))
+                offset += 16 + length
+
+    def __enter__(self) -> FileWrites:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self._fd)
+
+
+def counting_haproxy(directory: Path, before_check: str = "") -> tuple[Path, Path]:
+    """A --haproxy-bin wrapper that appends one line per `haproxy -c` it runs to a calls file, runs the
+    shell code `before_check` first (a sleep, a marker; "$3" is the candidate), and is haproxy otherwise.
+    Returns (wrapper, calls file): validations are counted where they happen."""
+    wrapper, calls = directory / "counting-haproxy", directory / "haproxy-checks"
+    calls.write_text("")
+    wrapper.write_text(f'#!/bin/sh\nif [ "$1" = "-c" ]; then\n  echo "$*" >> {calls}\n  {before_check or ":"}\n'
+                       f'fi\nexec {shutil.which("haproxy") or "/usr/sbin/haproxy"} "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper, calls
+
+
+def serve_more(outcome: object, count: int, timeout: float = 60) -> None:
+    """Wait until the load (bench/load.py's Outcome) had `count` more requests answered: what a fixed
+    sleep under load was for, as a condition."""
+    answered = len(outcome.latencies)  # type: ignore[attr-defined]
+    wait_until(lambda: len(outcome.latencies) >= answered + count, timeout,  # type: ignore[attr-defined]
+               lambda: f"{len(outcome.latencies) - answered} of {count} more requests answered")

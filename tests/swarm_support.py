@@ -512,29 +512,16 @@ def shorts(tasks: list[dict[str, Any]]) -> set[str]:
     return {container_id(t)[:12] for t in tasks}
 
 
-class Watcher:
-    """The CLI running --watch -v on a HaproxyBox, its stderr in a file; SIGTERM at the end."""
+def box_watcher(box: HaproxyBox, log: Path, *args: str) -> Any:
+    """The CLI running --watch -v on a HaproxyBox (conftest's Watcher, imported here so that bench/swarm.py
+    needs no pytest), its stderr in `log`."""
+    from conftest import Watcher
 
-    def __init__(self, box: HaproxyBox, log: Path, *args: str) -> None:
-        self.log = log
-        with log.open("w") as err:
-            self.proc = subprocess.Popen([str(CLI), "-f", str(box.config), "--haproxy-container", box.name,
-                                          "--runtime-socket", str(box.socket), "--watch", "-v", *args],
-                                         stdout=subprocess.DEVNULL, stderr=err)
-
-    def tail(self) -> str:
-        return self.log.read_text()[-3000:]
-
-    def stop(self) -> int:
-        self.proc.terminate()
-        try:
-            return self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
+    return Watcher(box.config, "--haproxy-container", box.name, "--runtime-socket", str(box.socket), "-v", *args,
+                   log=log)
 
 
-def wait_listed(port: int, wanted: set[str], watcher: Watcher, timeout: float = 15) -> None:
+def wait_listed(port: int, wanted: set[str], watcher: Any, timeout: float = 15) -> None:
     """Wait until the frontend answers with exactly these containers (the watcher's first pass)."""
     deadline = time.monotonic() + timeout
     while True:

@@ -19,6 +19,13 @@ def run(capsys, *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+def ok(capsys, *args: str) -> str:
+    """run() of a step that must succeed: exit 0 and nothing on stderr; its stdout."""
+    code, out, err = run(capsys, *args)
+    assert (code, err) == (0, ""), f"{args}: exit {code}: {err}"
+    return out
+
+
 @pytest.fixture
 def cfg(tmp_path: Path):
     return write_config(tmp_path)
@@ -72,7 +79,7 @@ def test_add_with_private_port_picks_that_binding(capsys, cfg, make_container) -
 
 def test_ports_published_on_all_interfaces_use_host_ip(capsys, cfg, make_container) -> None:
     c = make_container(host_ip="")
-    run(capsys, "-f", str(cfg.path), "-l", "dockerha-app1", "-a", c.short_id, "--host-ip", "127.0.0.2")
+    ok(capsys, "-f", str(cfg.path), "-l", "dockerha-app1", "-a", c.short_id, "--host-ip", "127.0.0.2")
     assert servers(cfg.path)[0].split()[2] == f"127.0.0.2:{host_port(c)}"
 
 
@@ -98,7 +105,7 @@ def test_stopped_and_portless_containers_are_refused(capsys, cfg, make_container
 
 def test_delete_by_id_name_or_of_a_removed_container(capsys, cfg, make_container) -> None:
     a, b, c = make_container(), make_container(name="hdc-del-b"), make_container()
-    run(capsys, "-f", str(cfg.path), "-l", "dockerha-app1", "-a", f"{a.short_id},{b.short_id},{c.short_id}")
+    ok(capsys, "-f", str(cfg.path), "-l", "dockerha-app1", "-a", f"{a.short_id},{b.short_id},{c.short_id}")
     c.remove(force=True)
     code, out, err = run(capsys, "-f", str(cfg.path), "-l", "dockerha-app1", "-d", f"{a.id},hdc-del-b,{c.short_id}")
     assert (code, out, err) == (0, "", "")
@@ -114,7 +121,7 @@ def test_deleting_an_absent_server_is_not_an_error_and_writes_nothing(capsys, cf
 
 def test_check_lists_balanced_and_flags_unbalanced(capsys, cfg, make_container) -> None:
     a, b = make_container(name="hdc-chk-a"), make_container()
-    run(capsys, "-f", str(cfg.path), "-l", "dockerha-app1", "-a", a.short_id)
+    ok(capsys, "-f", str(cfg.path), "-l", "dockerha-app1", "-a", a.short_id)
     assert run(capsys, "-f", str(cfg.path), "-l", "dockerha-app1", "-c") == (
         0, f"{a.short_id}        \tbalanced\n", "")
     code, out, _ = run(capsys, "-f", str(cfg.path), "-l", "dockerha-app1", "-c", f"hdc-chk-a,{b.short_id}")
@@ -123,7 +130,7 @@ def test_check_lists_balanced_and_flags_unbalanced(capsys, cfg, make_container) 
 
 def test_verify_finds_running_and_flags_killed(capsys, cfg, make_container) -> None:
     a, b = make_container(), make_container()
-    run(capsys, "-f", str(cfg.path), "-l", "dockerha-app1", "-a", f"{a.short_id},{b.short_id}")
+    ok(capsys, "-f", str(cfg.path), "-l", "dockerha-app1", "-a", f"{a.short_id},{b.short_id}")
     assert run(capsys, "-f", str(cfg.path), "-l", "dockerha-app1", "--verify")[:2] == (
         0, f"{a.short_id}        \tfound\n{b.short_id}        \tfound\n")
     b.kill()
@@ -133,7 +140,7 @@ def test_verify_finds_running_and_flags_killed(capsys, cfg, make_container) -> N
 
 def test_show_alone_and_after_delete(capsys, cfg, make_container) -> None:
     a, b = make_container(), make_container()
-    run(capsys, "-f", str(cfg.path), "-l", "dockerha-app1", "-a", f"{a.short_id},{b.short_id}")
+    ok(capsys, "-f", str(cfg.path), "-l", "dockerha-app1", "-a", f"{a.short_id},{b.short_id}")
     line_a = f"{a.short_id} 127.0.0.1:{host_port(a)} check inter 2000 rise 2 fall 5"
     line_b = f"{b.short_id} 127.0.0.1:{host_port(b)} check inter 2000 rise 2 fall 5"
     assert run(capsys, "-f", str(cfg.path), "-l", "dockerha-app1", "-s") == (0, f"{line_a}\n{line_b}\n", "")
@@ -144,11 +151,9 @@ def test_yaml_and_json_agree(capsys, cfg, make_container) -> None:
     import yaml
 
     c = make_container()
-    _, out, _ = run(capsys, "-f", str(cfg.path), "-l", "dockerha-app1", "-a", c.short_id, "--json", "-s")
-    doc = json.loads(out)
+    doc = json.loads(ok(capsys, "-f", str(cfg.path), "-l", "dockerha-app1", "-a", c.short_id, "--json", "-s"))
     assert doc["results"][0]["port"] == host_port(c) and doc["changed"] is True
-    _, out, _ = run(capsys, "-f", str(cfg.path), "-l", "dockerha-app1", "-c", c.short_id, "--yaml", "-s")
-    ydoc = yaml.safe_load(out)
+    ydoc = yaml.safe_load(ok(capsys, "-f", str(cfg.path), "-l", "dockerha-app1", "-c", c.short_id, "--yaml", "-s"))
     assert ydoc["servers"] == doc["servers"] and ydoc["results"][0]["status"] == "balanced"
 
 
@@ -227,7 +232,7 @@ def test_dry_run_with_diff_writes_nothing(capsys, cfg, make_container) -> None:
 def test_write_keeps_mode_and_a_backup(capsys, cfg, make_container) -> None:
     cfg.path.chmod(0o640)
     before = cfg.path.read_bytes()
-    run(capsys, "-f", str(cfg.path), "-l", "dockerha-app1", "-a", make_container().short_id)
+    ok(capsys, "-f", str(cfg.path), "-l", "dockerha-app1", "-a", make_container().short_id)
     assert cfg.path.stat().st_mode & 0o777 == 0o640
     assert cfg.path.with_name("haproxy.cfg.bak").read_bytes() == before
 
@@ -236,7 +241,7 @@ def test_a_symlinked_config_stays_a_symlink(capsys, tmp_path, make_container) ->
     cfg = write_config(tmp_path)
     link = tmp_path / "link.cfg"
     link.symlink_to(cfg.path)
-    run(capsys, "-f", str(link), "-l", "dockerha-app1", "-a", make_container().short_id)
+    ok(capsys, "-f", str(link), "-l", "dockerha-app1", "-a", make_container().short_id)
     assert link.is_symlink() and len(servers(cfg.path)) == 1
 
 
@@ -258,4 +263,5 @@ def test_show_and_check_without_ids_import_no_docker_code(cfg, args: list, impor
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'docker', 'requests', 'urllib3'}))")
     result = subprocess.run([sys.executable, "-c", code, "-f", str(cfg.path), "-l", "dockerha-app1", *args],
                             capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == ("['docker', 'requests', 'urllib3']" if imports_docker else "[]")

@@ -11,7 +11,6 @@ import os
 import random
 import subprocess
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import docker
 import docker.errors
 import pytest
-from conftest import IMAGE, LABEL, REPO, RUN, ask_haproxy, free_port, wait_until
+from conftest import IMAGE, LABEL, REPO, RUN, ask_haproxy, free_port, serve_more, wait_until
 from docker.models.containers import Container
 from docker.models.images import Image
 
@@ -177,13 +176,17 @@ def test_the_tool_in_a_container_keeps_haproxy_in_a_container_in_step(deployment
     assert {row[0] for row in d.haproxy.top()["Processes"]} == {str(HAPROXY_USER)}
     outcome = load.Outcome()
     with load.Load(d.port, 3, outcome):
-        wait_until(lambda: first.short_id in outcome.first_served, 5)
+        wait_until(lambda: first.short_id in outcome.first_served, 30)
         second, third = d.app(), d.app()
-        wait_until(lambda: {second.short_id, third.short_id} <= set(outcome.first_served), 10, logs)
+        wait_until(lambda: {second.short_id, third.short_id} <= set(outcome.first_served), 60, logs)
+        stoppers = []
         for gone in (first, second):  # docker stop: drained while it shuts down
-            threading.Thread(target=gone.stop, kwargs={"timeout": APP_GRACE + 5}).start()
-            wait_until(lambda: gone.short_id not in d.servers("live"), 10, logs)
-        time.sleep(1.5)
+            stoppers.append(threading.Thread(target=gone.stop, kwargs={"timeout": APP_GRACE + 5}))
+            stoppers[-1].start()
+            wait_until(lambda: gone.short_id not in d.servers("live"), 60, logs)
+        for stopper in stoppers:
+            stopper.join()  # both have exited: nothing of theirs can answer any more
+        serve_more(outcome, 100)
     assert outcome.failures == [] and len(outcome.latencies) > 100
     assert d.servers() == d.servers("live") == {third.short_id}
     third.reload()

@@ -6,8 +6,9 @@ import load  # bench/load.py, the same scenario as a script (conftest puts bench
 
 
 def test_steady_load_loses_no_request_while_containers_change(docker_client) -> None:
+    """How soon an added container serves is bench/load.py's figure (docs/load.md); here, that every one does."""
     # 6 rounds at least, 3 of them by hot restart, however slow (or busy) the machine is
     outcome = load.run_scenario(seconds=30, clients=4, min_rounds=6)
     assert len(outcome.latencies) > 1000
     assert outcome.failures == []
-    assert max(outcome.serve_delays) <= 1.0, "each added container serves within 1 s of the command returning"
+    assert outcome.never_served == [] and len(outcome.serve_delays) == outcome.rounds >= 6

@@ -11,7 +11,6 @@ import contextlib
 import json
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -63,44 +62,18 @@ def wait_for(predicate, timeout: float, what: str) -> float:
     return time.monotonic() - started
 
 
-class Watcher:
-    """The installed CLI running --watch --metrics on a free loopback port; stderr in a file."""
-
-    def __init__(self, cfg, listener: str, *args: str) -> None:
-        self.port = free_port()
-        self.log = cfg.path.with_name("watch.log")
-        with self.log.open("w") as err:
-            self.proc = subprocess.Popen(
-                [str(CLI), "-f", str(cfg.path), "-l", listener, "--watch", "--metrics", f"127.0.0.1:{self.port}",
-                 *args], stdout=subprocess.DEVNULL, stderr=err, text=True)
-
-    def healthz(self) -> int:
-        try:
-            return get(self.port, "/healthz")[0]
-        except OSError:  # not listening yet
-            return 0
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=30)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+def healthz(port: int) -> int:
+    """The status of /healthz; 0 while nothing listens yet."""
+    try:
+        return get(port, "/healthz")[0]
+    except OSError:
+        return 0
 
 
-@pytest.fixture
-def watcher():
-    started: list[Watcher] = []
-
-    def start(cfg, listener: str, *args: str) -> Watcher:
-        started.append(Watcher(cfg, listener, *args))
-        return started[-1]
-
-    yield start
-    for w in started:
-        w.kill()
+def metrics_watcher(watcher, cfg, listener: str, *args: str):
+    """A --watch --metrics on a free loopback port (the conftest Watcher), and that port."""
+    port = free_port()
+    return watcher(cfg.path, "-l", listener, "--metrics", f"127.0.0.1:{port}", *args), port
 
 
 @pytest.fixture
@@ -124,22 +97,22 @@ def test_counters_move_as_containers_come_and_go(tmp_path, docker_client, haprox
     name = f"m{secrets.token_hex(3)}"  # nobody else's containers carry this listener's label
     cfg = write_config(tmp_path, listener=name)
     haproxy(cfg)
-    w = watcher(cfg, name, "--log-format", "json")
-    wait_for(lambda: w.healthz() == 200, 30, "/healthz 200 after the first pass")
-    first = scrape(w.port)
+    w, port = metrics_watcher(watcher, cfg, name, "--log-format", "json")
+    wait_for(lambda: healthz(port) == 200, 30, "/healthz 200 after the first pass")
+    first = scrape(port)
     assert value(first, "managed_servers", listener=name) == 0 and value(first, "sync_passes_total") >= 1
     assert value(first, "seconds_since_sync", engine="unix:///var/run/docker.sock") < 30.25
     made = [run_labelled(docker_client, name) for _ in range(2)]
     try:
-        wait_for(lambda: value(scrape(w.port), "managed_servers", listener=name) == 2, 15, "two managed servers")
+        wait_for(lambda: value(scrape(port), "managed_servers", listener=name) == 2, 15, "two managed servers")
         made[0].stop(timeout=1)
         made[1].remove(force=True)
-        wait_for(lambda: value(scrape(w.port), "managed_servers", listener=name) == 0, 15, "none managed")
+        wait_for(lambda: value(scrape(port), "managed_servers", listener=name) == 0, 15, "none managed")
     finally:
         for c in made:
             with contextlib.suppress(docker.errors.NotFound):
                 c.remove(force=True)
-    last = scrape(w.port)
+    last = scrape(port)
     assert value(last, "server_changes_total", listener=name, change="added") == 2
     assert value(last, "server_changes_total", listener=name, change="removed") == 2
     assert value(last, "writes_total", applied="live") >= 2 and value(last, "writes_total", applied="reload") == 0
@@ -147,7 +120,7 @@ def test_counters_move_as_containers_come_and_go(tmp_path, docker_client, haprox
     assert value(last, "sync_passes_total") > value(first, "sync_passes_total")
     assert value(last, "failed_passes_total") == 0
     assert value(last, "process_resident_memory_bytes") > 0
-    assert get(w.port, "/nope")[0] == 404
+    assert get(port, "/nope")[0] == 404
     assert w.stop() == 0
     lines = [json.loads(line) for line in w.log.read_text().splitlines()]
     assert all(list(line) == LINE_KEYS for line in lines)
@@ -165,26 +138,26 @@ def test_healthz_is_503_while_the_engine_is_stopped_and_200_after(tmp_path, priv
     cfg = write_config(tmp_path, listener=name)
     url = private_engine.url
     c = run_labelled(private_engine.client(), name, HOST_IP)
-    w = watcher(cfg, name, "--docker-url", url)
-    wait_for(lambda: w.healthz() == 200 and value(scrape(w.port), "managed_servers", listener=name) == 1, 30,
+    w, port = metrics_watcher(watcher, cfg, name, "--docker-url", url)
+    wait_for(lambda: healthz(port) == 200 and value(scrape(port), "managed_servers", listener=name) == 1, 30,
              "the container managed and /healthz 200")
     private_engine.stop()  # its container stops with it
     try:
-        waited = wait_for(lambda: w.healthz() == 503, 90, "/healthz 503 with the engine stopped")
-        code, body = get(w.port, "/healthz")
+        waited = wait_for(lambda: healthz(port) == 503, 90, "/healthz 503 with the engine stopped")
+        code, body = get(port, "/healthz")
         assert (code, body) == (503, f"not synced within 30.25 s: {url}\nthe last pass failed: no Docker engine "
                                      f"answered ({url}); start dockerd or check --docker-url\n")
-        assert value(scrape(w.port), "pass_failing") == 1
-        down = scrape(w.port)
+        down = scrape(port)
+        assert value(down, "pass_failing") == 1
         assert value(down, "seconds_since_sync", engine=url) > 30.25 and value(down, "failed_passes_total") >= 1
         assert waited > 20  # healthy as long as the last pass is recent enough
     finally:
         private_engine.start()
-    wait_for(lambda: w.healthz() == 200, 60, "/healthz 200 with the engine back")
+    wait_for(lambda: healthz(port) == 200, 60, "/healthz 200 with the engine back")
     # the passes retry on their own connection; the event stream comes back after its own backoff
-    wait_for(lambda: value(scrape(w.port), "engine_reconnects_total", engine=url) >= 1, 30, "the stream back")
-    assert value(scrape(w.port), "pass_failing") == 0
-    wait_for(lambda: value(scrape(w.port), "managed_servers", listener=name) == 0, 30, "the dead container removed")
+    wait_for(lambda: value(scrape(port), "engine_reconnects_total", engine=url) >= 1, 30, "the stream back")
+    assert value(scrape(port), "pass_failing") == 0
+    wait_for(lambda: value(scrape(port), "managed_servers", listener=name) == 0, 30, "the dead container removed")
     assert w.stop() == 0
     assert f"removed {name}/{c.short_id}" in w.log.read_text()
 

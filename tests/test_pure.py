@@ -10,6 +10,9 @@ import yaml
 import haproxy_docker_config as hdc
 from haproxy_docker_config import ContainerRef as Ref
 
+#: No Docker needed (tests/conftest.py): these run wherever python-augeas installs.
+DOCKER = False
+
 
 @pytest.mark.parametrize("text, allow_ports, expected", [
     ("caee75cbf7b5", True, [Ref("caee75cbf7b5")]),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import compileall
+import contextlib
 import os
 import pwd
 import shutil
@@ -10,12 +11,12 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CLI, IMAGE, LABEL, REPO, RUN, haproxy_pids, http_get, run_cli, write_config
+from conftest import (CLI, IMAGE, LABEL, REPO, RUN, counting_haproxy, haproxy_pids, http_get, run_cli, wait_until,
+                      write_config)
 
 NOBODY = pwd.getpwnam("nobody")
 
@@ -164,12 +165,34 @@ def test_a_second_run_waits_for_the_lock_then_proceeds(tmp_path, make_container)
     holder = hold_lock(Path(f"{cfg.path}.lock"))
     waiting = subprocess.Popen([str(CLI), "-f", str(cfg.path), "-l", "dockerha-app1", "-a", c.short_id],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.0)
+    lock = Path(f"{cfg.path}.lock")
+
+    def opened_the_lock() -> bool:  # it got as far as the lock (its fds, from /proc), which is held
+        with contextlib.suppress(OSError):
+            return any(os.readlink(fd) == str(lock) for fd in Path(f"/proc/{waiting.pid}/fd").iterdir())
+        return False
+    wait_until(lambda: opened_the_lock() or waiting.poll() is not None, 60)
     assert waiting.poll() is None, "the second run must wait while the lock is held"
     holder.kill()
     holder.wait()
     assert waiting.wait(timeout=30) == 0
     assert f"server {c.short_id} " in cfg.path.read_text()
+
+
+@pytest.mark.parametrize("action, status", [(("-s",), 0), (("-c",), 0), (("--verify",), 0), (("--status",), 0)])
+def test_reading_actions_take_no_lock(tmp_path, make_container, action: tuple, status: int) -> None:
+    """-s, -c, --verify and --status only read: with the lock held elsewhere they answer at once, where a
+    run that took the lock would time out after 0.1 s with exit 3."""
+    cfg = write_config(tmp_path, stats_socket=False)
+    assert add(cfg, make_container().short_id).returncode == 0
+    holder = hold_lock(Path(f"{cfg.path}.lock"))
+    try:
+        result = run_cli("-f", str(cfg.path), "-l", "dockerha-app1", *action, "--lock-timeout", "0.1")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.returncode == status and "lock" not in result.stderr, result.stderr
+    assert len(result.stdout.splitlines()) >= 1
 
 
 def test_a_killed_lock_holder_never_blocks_the_next_run(tmp_path, make_container) -> None:
@@ -308,10 +331,11 @@ def test_a_wrong_docker_url(tmp_path) -> None:
 def test_second_identical_delete_changes_nothing(tmp_path, make_container) -> None:
     cfg = write_config(tmp_path)
     c = make_container()
-    add(cfg, c.short_id)
+    assert add(cfg, c.short_id).returncode == 0
     first = run_cli("-f", str(cfg.path), "-l", "dockerha-app1", "-d", c.short_id, "--json")
     after_first, inode = cfg.path.read_bytes(), cfg.path.stat().st_ino
     second = run_cli("-f", str(cfg.path), "-l", "dockerha-app1", "-d", c.short_id, "--json")
+    assert (first.returncode, second.returncode) == (0, 0), first.stderr + second.stderr
     assert '"changed": true' in first.stdout and '"changed": false' in second.stdout
     assert cfg.path.read_bytes() == after_first and cfg.path.stat().st_ino == inode
 
@@ -329,12 +353,16 @@ def test_unvalidated_change_is_rolled_back_when_the_restart_fails(tmp_path, make
 
 
 def test_haproxy_bin_names_the_haproxy_to_use(tmp_path, make_container) -> None:
+    """The validation is counted where it runs: in the wrapper given as --haproxy-bin (no haproxy on PATH)."""
     cfg = write_config(tmp_path)
     env = {"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"}
+    wrapper, checks = counting_haproxy(tmp_path)
     c = make_container()
-    result = run_cli("-f", str(cfg.path), "-l", "dockerha-app1", "-a", c.short_id, "--haproxy-bin", "/usr/sbin/haproxy",
-                     "-v", env=env)
-    assert result.returncode == 0 and f"haproxy -c accepts the new {cfg.path}" in result.stderr
+    result = run_cli("-f", str(cfg.path), "-l", "dockerha-app1", "-a", c.short_id, "--haproxy-bin", str(wrapper),
+                     env=env)
+    assert result.returncode == 0, result.stderr
+    (check,) = checks.read_text().splitlines()
+    assert check.startswith("-c -f ") and f"server {c.short_id} " in cfg.path.read_text()
     result = run_cli("-f", str(cfg.path), "-l", "dockerha-app1", "-d", c.short_id, "--haproxy-bin", "/nonexistent/haproxy")
     assert (result.returncode, result.stderr) == (
         5, "ERROR: haproxy not found (/nonexistent/haproxy); install it, give --haproxy-bin, or --no-validate\n")

@@ -6,10 +6,9 @@ import random
 import signal
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-from conftest import CLI, run_cli, write_config
+from conftest import CLI, counting_haproxy, run_cli, wait_until, write_config
 
 
 def haproxy_accepts(path) -> bool:
@@ -39,28 +38,40 @@ def test_concurrent_adds_then_deletes_lose_no_update(tmp_path, make_container) -
 
 
 def test_killed_at_random_moments_the_config_is_old_or_new_and_valid(tmp_path, make_container) -> None:
+    """SIGKILL at moments chosen by what the run has done, not by a clock: at a random point before its
+    validation, while haproxy -c runs (a --haproxy-bin wrapper marks it), and once the new file is there."""
     c = make_container()
     cfg = write_config(tmp_path)
     old = cfg.path.read_bytes()
-    args = [str(CLI), "-f", str(cfg.path), "-l", "dockerha-app1", "-a", c.short_id, "--lock-timeout", "5"]
-    started = time.monotonic()
+    marker = tmp_path / "validating"
+    wrapper, _ = counting_haproxy(tmp_path, f"touch {marker}")
+    args = [str(CLI), "-f", str(cfg.path), "-l", "dockerha-app1", "-a", c.short_id, "--lock-timeout", "5",
+            "--haproxy-bin", str(wrapper)]
     assert subprocess.run(args, capture_output=True).returncode == 0
-    span = (time.monotonic() - started) * 1.2
     new = cfg.path.read_bytes()
     rng = random.Random(1234)
     lens_dirs = set(Path(tempfile.gettempdir()).glob("hdc-lens-*"))
     outcomes = []
-    for _ in range(50):
+    for i in range(48):
         cfg.path.write_bytes(old)
+        marker.unlink(missing_ok=True)
         proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        time.sleep(rng.uniform(0, span))
+        stage = ("before", "validating", "written")[i % 3]
+        if stage == "before":  # somewhere from start-up to the validation, or at once
+            wait_until(lambda: marker.exists() or proc.poll() is not None or rng.random() < 0.05, 60)
+        elif stage == "validating":
+            wait_until(lambda: marker.exists() or proc.poll() is not None, 60)
+        else:
+            wait_until(lambda: cfg.path.read_bytes() == new or proc.poll() is not None, 60)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         content = cfg.path.read_bytes()
-        assert content in (old, new)
+        assert content in (old, new), stage
         assert haproxy_accepts(cfg.path)
+        if stage != "before":
+            assert content == (old if stage == "validating" else new), stage
         outcomes.append(content == new)
-    assert any(outcomes) and not all(outcomes), "the kills should land both before and after the rename"
+    assert any(outcomes) and not all(outcomes)
     result = run_cli("-f", str(cfg.path), "-l", "dockerha-app1", "-d", c.short_id, "--lock-timeout", "5")
     assert result.returncode == 0, result.stderr
     assert cfg.path.read_bytes() == old

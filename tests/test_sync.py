@@ -87,7 +87,7 @@ def test_sync_without_l_serves_every_labelled_listener(tmp_path, make_container)
 
 def test_prune_removes_only_servers_whose_containers_are_gone(cfg, make_container) -> None:
     a, b = make_container(), make_container()
-    run_cli("-f", str(cfg.path), "-l", "web", "-a", f"{a.short_id},{b.short_id}")
+    assert run_cli("-f", str(cfg.path), "-l", "web", "-a", f"{a.short_id},{b.short_id}").returncode == 0
     b.remove(force=True)
     result = run_cli("-f", str(cfg.path), "-l", "web", "--prune")
     assert (result.returncode, result.stdout) == (0, "%-20s\tremoved\n" % b.short_id)

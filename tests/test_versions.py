@@ -11,13 +11,12 @@ import secrets
 import signal
 import subprocess
 import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CLI, LABEL, RUN, ask_haproxy, host_port, http_get, run_cli, wait_until, write_config
+from conftest import CLI, LABEL, RUN, ask_haproxy, host_port, http_get, run_cli, serve_more, wait_until, write_config
 from docker.models.containers import Container
 
 import haproxy_docker_config as hdc
@@ -27,9 +26,9 @@ import load  # bench/load.py (conftest puts bench/ on the path)
 RUNTIME = {"2.2": "unsupported", "2.6": "applied", "2.8": "applied", "3.0": "applied", "3.2": "applied"}
 #: The columns of `show servers state`: the tool reads name, address, admin state and port (19th) from them.
 STATE_COLUMNS = {"2.2": 20, "2.6": 25, "2.8": 25, "3.0": 25, "3.2": 25}
-#: The line of the master's log that says a reload went well.
-RELOADED = {"2.2": "New worker #1 (", "2.6": "Loading success.", "2.8": "Loading success.", "3.0": "Loading success.",
-            "3.2": "Loading success."}
+#: What each version's master logs once per reload it made (2.2 also once at its start).
+RELOADED = {"2.2": "New worker #", "2.6": "Loading success", "2.8": "Loading success", "3.0": "Loading success",
+            "3.2": "Loading success"}
 LISTEN_LABEL = "haproxy-docker-config.listen"
 
 
@@ -62,6 +61,10 @@ class Proxy:
 
     def servers(self) -> set[str]:
         return {ln.split()[1] for ln in self.cfg.read_text().splitlines() if ln.strip().startswith("server ")}
+
+    def reloads(self) -> int:
+        """Reloads the master logged (tests/test_pure.py holds each version's words)."""
+        return self.container.logs().decode().count(RELOADED[self.version])
 
 
 @pytest.fixture(params=sorted(RUNTIME))
@@ -126,7 +129,6 @@ def test_add_and_delete_live_or_by_reload_and_validate_in_the_container(proxy, m
     if RUNTIME[proxy.version] == "unsupported":  # not even tried; one line says why
         assert f"haproxy {proxy.version} has no dynamic servers; reloading instead\n" in added.stderr
         assert "runtime> add server" not in added.stderr
-        assert "haproxy in container %s reloaded: " % proxy.container.name in added.stderr
     else:
         assert f"haproxy {proxy.package} on {proxy.sock} has dynamic servers: applying the change live\n" \
             in added.stderr
@@ -153,20 +155,24 @@ def test_reloads_through_the_master_lose_nothing_and_report_failure(proxy, make_
     outcome = load.Outcome()
     with load.Load(proxy.port, 3, outcome):
         for step in (("-a", b.short_id), ("-d", a.short_id)):
+            before = proxy.reloads()
             result = proxy.cli(*step, "-h", "--no-runtime", "-v")
             assert result.returncode == 0, result.stderr
             assert (f"--no-runtime: the change reaches haproxy {proxy.package} (haproxy -v in container "
                     f"{proxy.container.name}) only by a reload (-h/-r)\n") in result.stderr
             assert f"haproxy in container {proxy.container.name} reloaded: " in result.stderr
             assert RELOADED[proxy.version] in result.stderr.split(" reloaded: ")[1].splitlines()[0]
-            time.sleep(0.5)
+            wait_until(lambda: proxy.reloads() == before + 1, 30, lambda: proxy.container.logs().decode())
+            serve_more(outcome, 50)
     assert outcome.failures == [] and len(outcome.latencies) > 50
     assert {a.short_id, b.short_id} == set(outcome.first_served)
     serves_exactly(proxy, {b.short_id})
     # the server state file: b, put in maintenance, stays out of the reloaded haproxy
     ask_haproxy(proxy.sock, f"disable server {proxy.listener}/{b.short_id}")
-    result = proxy.cli("-a", a.short_id, "-h", "--no-runtime", "--state-file", str(proxy.state), "-v")
-    assert result.returncode == 0 and f"saved the servers' state to {proxy.state}" in result.stderr
+    result = proxy.cli("-a", a.short_id, "-h", "--no-runtime", "--state-file", str(proxy.state))
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in proxy.state.read_text().splitlines()[2:]]  # what the reload loads
+    assert any(row[1::2][:2] == [proxy.listener, b.short_id] for row in rows), rows
     serves_exactly(proxy, {a.short_id})
     assert answers(proxy.port, 30) == {a.short_id}
     # a reload the master fails: haproxy -c accepts an address no interface has, binding it fails
@@ -300,3 +306,39 @@ def test_headers_hidden_in_option_httpchk_are_refused_from_2_8_on(proxy, make_co
     assert "'option httpchk' : hiding headers or body at the end of the version string is unsupported" \
         in result.stderr.splitlines()[1]
     assert proxy.cfg.read_bytes() == before
+
+
+#: Every name haproxy's source registers as a section, 2.2 to 3.2 (REGISTER_CONFIG_SECTION and
+#: cfg_register_section; spoe-* are the SPOE filter's own file's), and one no haproxy knows.
+SOURCE_SECTIONS = ("global", "defaults", "frontend", "backend", "listen", "peers", "resolvers", "userlist",
+                   "mailers", "cache", "program", "http-errors", "ring", "fcgi-app", "log-forward", "namespace_list",
+                   "crt-store", "traces", "log-profile", "acme", "spoe-agent", "spoe-group", "spoe-message")
+NO_SECTION = "hdc-no-such-section"
+
+
+def _sections_known(run: list[str], directory: Path, seen_as: str) -> set[str]:
+    """The candidates haproxy takes as section keywords: one config per keyword through `haproxy -c`,
+    which answers "unknown keyword 'K' out of section" for every other word (its args, if any, may fail)."""
+    script = "; ".join(f"echo '== {k}'; haproxy -c -f {seen_as}/{k}.cfg 2>&1" for k in (*SOURCE_SECTIONS, NO_SECTION))
+    for keyword in (*SOURCE_SECTIONS, NO_SECTION):
+        (directory / f"{keyword}.cfg").write_text(f"{keyword} x\n")
+    said = subprocess.run([*run, "sh", "-c", script], capture_output=True, text=True, timeout=120).stdout
+    answers = dict(part.split("\n", 1) for part in said.split("== ")[1:])
+    assert set(answers) == {*SOURCE_SECTIONS, NO_SECTION}, said
+    return {k for k, answer in answers.items() if f"unknown keyword '{k}' out of section" not in answer}
+
+
+def test_every_section_keyword_haproxy_knows_is_known_to_the_lens(tmp_path, docker_client) -> None:
+    """Asked of haproxy itself, not of the module's list: 2.6 on this host, 2.2 and 3.0 in their images."""
+    from test_properties import HAPROXY_SECTIONS
+
+    kw = tmp_path / "kw"
+    kw.mkdir()
+    known = {"2.6": _sections_known([], kw, str(kw))}
+    for version in ("2.2", "3.0"):
+        known[version] = _sections_known(["docker", "run", "--rm", "--network", "none", "--label", f"{LABEL}={RUN}",
+                                          "-v", f"{kw}:/kw:ro", f"hdc-haproxy:{version}"], kw, "/kw")
+    assert all(NO_SECTION not in words and len(words) >= 14 for words in known.values()), known
+    assert set().union(*known.values()) == set(HAPROXY_SECTIONS), known  # the property tests' list is haproxy's
+    assert set(HAPROXY_SECTIONS) <= set(hdc.SECTION_KEYWORDS)
+    assert known["3.0"] - known["2.2"] == {"log-forward", "crt-store"}  # the probe tells versions apart
