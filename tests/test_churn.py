@@ -14,7 +14,7 @@ import subprocess
 import pytest
 from conftest import CLI, ask_haproxy, http_get, kill_haproxy_running, run_cli, wait_until, write_config
 
-from test_metrics import LISTEN, Watcher, get, run_labelled, scrape, value
+from test_metrics import LISTEN, get, healthz, metrics_watcher, run_labelled, scrape, value
 
 import churn  # bench/churn.py (conftest puts bench/ on the path)
 import haproxy_docker_config as hdc
@@ -101,26 +101,26 @@ def _admin_state(cfg, server: str) -> int:
 
 
 def test_the_watcher_says_once_that_haproxy_died_and_healthz_fails_until_it_is_back(tmp_path, docker_client,
-                                                                                     haproxy) -> None:
+                                                                                     haproxy, watcher) -> None:
     name = f"d{secrets.token_hex(3)}"
     cfg = write_config(tmp_path, listener=name)
     haproxy(cfg)
-    w = Watcher(cfg, name)
+    w, port = metrics_watcher(watcher, cfg, name)
     try:
-        wait_until(lambda: w.healthz() == 200 and value(scrape(w.port), "haproxy_up") == 1, 30,
+        wait_until(lambda: healthz(port) == 200 and value(scrape(port), "haproxy_up") == 1, 30,
                    lambda: w.log.read_text())
         kill_haproxy_running(cfg.path)
         first = run_labelled(docker_client, name)  # a change for a haproxy that is gone: only the file gets it
-        wait_until(lambda: w.healthz() == 503, 30, lambda: w.log.read_text())
-        code, body = get(w.port, "/healthz")
+        wait_until(lambda: healthz(port) == 503, 30, lambda: w.log.read_text())
+        code, body = get(port, "/healthz")
         assert body.startswith("haproxy (pid ") and f"stopped answering on {cfg.sock} " in body
-        assert value(scrape(w.port), "haproxy_up") == 0
+        assert value(scrape(port), "haproxy_up") == 0
         wait_until(lambda: f"server {first.short_id} " in cfg.path.read_text(), 30, lambda: w.log.read_text())
         second = run_labelled(docker_client, name)
         wait_until(lambda: f"server {second.short_id} " in cfg.path.read_text(), 30, lambda: w.log.read_text())
         haproxy(cfg)  # started again: it reads the file, which holds both
-        wait_until(lambda: w.healthz() == 200, 30, lambda: w.log.read_text())  # the idle pass asks it again
-        assert value(scrape(w.port), "haproxy_up") == 1 and {first.short_id, second.short_id} <= served(cfg.port)
+        wait_until(lambda: healthz(port) == 200, 30, lambda: w.log.read_text())  # the idle pass asks it again
+        assert value(scrape(port), "haproxy_up") == 1 and {first.short_id, second.short_id} <= served(cfg.port)
         assert w.stop() == 0
     finally:
         w.kill()

@@ -8,12 +8,11 @@ import ipaddress
 import os
 import re
 import secrets
-import signal
 import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import CLI, IMAGE, LABEL, RUN, ask_haproxy, http_get, run_cli, wait_until, write_config
+from conftest import IMAGE, LABEL, RUN, ask_haproxy, http_get, run_cli, wait_until, write_config
 
 import haproxy_docker_config as hdc
 import load  # bench/load.py (conftest puts bench/ on the path)
@@ -34,41 +33,6 @@ def hostile_labels(listener: str) -> list[dict[str, str]]:
             + [{LISTEN: listener, NETWORK: value} for value in network])
 
 
-class Watch:
-    """`--watch` of the installed CLI in the background, its stderr in a file."""
-
-    def __init__(self, cfg_path: Path, *args: str) -> None:
-        self.log = cfg_path.with_name(f"watch-{secrets.token_hex(2)}.log")
-        with self.log.open("w") as err:
-            self.proc = subprocess.Popen([str(CLI), "-f", str(cfg_path), "--watch", *args],
-                                         stdout=subprocess.DEVNULL, stderr=err)
-
-    def text(self) -> str:
-        return self.log.read_text()
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=30)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
-@pytest.fixture
-def watch():
-    started: list[Watch] = []
-
-    def start(cfg_path: Path, *args: str) -> Watch:
-        started.append(Watch(cfg_path, *args))
-        return started[-1]
-
-    yield start
-    for w in started:
-        w.kill()
-
-
 def labelled(docker_client, labels: dict[str, str], **kwargs):
     return docker_client.containers.run(IMAGE, detach=True, ports={"8080/tcp": ("127.0.0.1", None)},
                                         labels={**labels, LABEL: RUN}, **kwargs)
@@ -86,7 +50,7 @@ def resilient(tmp_path: Path, listener: str):
     return cfg
 
 
-def test_hostile_labels_never_stop_the_watcher_nor_reach_the_file(tmp_path, docker_client, haproxy, watch) -> None:
+def test_hostile_labels_never_stop_the_watcher_nor_reach_the_file(tmp_path, docker_client, haproxy, watcher) -> None:
     name = f"h{secrets.token_hex(3)}"
     cfg = resilient(tmp_path, name)
     original = cfg.path.read_text()
@@ -94,7 +58,7 @@ def test_hostile_labels_never_stop_the_watcher_nor_reach_the_file(tmp_path, dock
     bad = [labelled(docker_client, labels) for labels in hostile_labels(name)]
     good = [labelled(docker_client, {LISTEN: name}) for _ in range(2)]
     try:
-        w = watch(cfg.path, "--metrics", f"127.0.0.1:{load.free_port()}")  # and an idle pass every 10 s
+        w = watcher(cfg.path, "--metrics", f"127.0.0.1:{load.free_port()}")  # and an idle pass every 10 s
         wait_until(lambda: file_servers(cfg.path) == {c.short_id for c in good}, 60, w.text)
         wait_until(lambda: {_served(cfg.port) for _ in range(8)} == {c.short_id for c in good}, 30, w.text)
         outcome = load.Outcome()
@@ -123,13 +87,13 @@ def test_hostile_labels_never_stop_the_watcher_nor_reach_the_file(tmp_path, dock
 
 
 def test_an_invalid_hand_edit_is_said_once_and_its_fix_caught_up_without_a_docker_event(
-        tmp_path, docker_client, haproxy, watch) -> None:
+        tmp_path, docker_client, haproxy, watcher) -> None:
     name = f"e{secrets.token_hex(3)}"
     cfg = write_config(tmp_path, listener=name)
     haproxy(cfg)
     app = labelled(docker_client, {LISTEN: name})
     try:
-        w = watch(cfg.path, "-l", name)
+        w = watcher(cfg.path, "-l", name)
         wait_until(lambda: file_servers(cfg.path) == {app.short_id}, 30, w.text)
         good = cfg.path.read_text()
         _rename_over(cfg.path, good.replace("    balance roundrobin\n", "    balance roundrobin\n    no-such-kw 1\n"))
@@ -152,12 +116,12 @@ def test_an_invalid_hand_edit_is_said_once_and_its_fix_caught_up_without_a_docke
 
 
 @pytest.mark.parametrize("how", ["rename-over", "in-place"])
-def test_a_server_written_by_hand_reaches_the_running_haproxy(tmp_path, docker_client, haproxy, watch,
+def test_a_server_written_by_hand_reaches_the_running_haproxy(tmp_path, docker_client, haproxy, watcher,
                                                                make_container, how) -> None:
     name = f"s{secrets.token_hex(3)}"
     cfg = write_config(tmp_path, listener=name)
     haproxy(cfg)
-    w = watch(cfg.path, "-l", name)
+    w = watcher(cfg.path, "-l", name)
     wait_until(lambda: "runtime>" not in w.text() and w.proc.poll() is None and _answers(cfg), 30, w.text)
     legacy = make_container()  # no label: only the hand-written line names it
     port = legacy.attrs["NetworkSettings"]["Ports"]["8080/tcp"][0]["HostPort"]
@@ -175,7 +139,7 @@ def test_a_server_written_by_hand_reaches_the_running_haproxy(tmp_path, docker_c
 
 
 def test_a_missing_haproxy_container_is_said_once_and_picked_up_once_it_exists(
-        tmp_path, docker_client, watch) -> None:
+        tmp_path, docker_client, watcher) -> None:
     name = f"c{secrets.token_hex(3)}"
     (tmp_path / "conf").mkdir()
     (tmp_path / "run").mkdir()
@@ -189,7 +153,7 @@ def test_a_missing_haproxy_container_is_said_once_and_picked_up_once_it_exists(
                                        labels={LISTEN: name, LABEL: RUN})
     proxy = None
     try:
-        w = watch(cfg.path, "-l", name, "--haproxy-container", haproxy_name, "--host-ip", gateway,
+        w = watcher(cfg.path, "-l", name, "--haproxy-container", haproxy_name, "--host-ip", gateway,
                   "--runtime-socket", str(tmp_path / "run" / "admin.sock"))
         wait_until(lambda: f"ERROR: no container {haproxy_name} for --haproxy-container" in w.text(), 30, w.text)
         proxy = docker_client.containers.run(

@@ -189,7 +189,7 @@ def dist(tmp_path_factory) -> Path:
         if (REPO / name).is_file():
             (source / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, source / name)
-    _run(sys.executable, "-m", "build", "--outdir", str(out), str(source))
+    _run(sys.executable, "-m", "build", "--outdir", str(out), str(source), cwd=out)  # a build/ here would shadow it
     return out
 
 
