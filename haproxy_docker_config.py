@@ -5,6 +5,28 @@ A Python port of Andreas Schmidt's 2013 Ruby tool of the same name. The config i
 edited through Augeas with a lens carried here, containers are looked up through
 the Docker Engine API, and haproxy itself validates every change before it
 replaces the file.
+
+A map of the sections below, in the order data flows (command line -> settings ->
+containers -> text -> commit -> haproxy); each leans only on those above it:
+
+  The command line's values     id lists, ports, filters; FileOptions, HaproxyOptions, Invocation
+  Containers and how haproxy    Container (from inspect, list or a swarm task), labels checked,
+    reaches them                Addressing: a published port or an address on a Docker network
+  The config text               sections, the global settings, templates, server lines (pure)
+  The Augeas edge               one listener's section parsed and edited by the lens (Listener)
+  What haproxy answers          versions, reload log lines, show stat / servers state, --status drift
+  The Docker edge               Engine: the Docker API calls and their errors
+  The file edge                 lock, read, write beside, rename or write in place
+  The haproxy edge              haproxy -c, hot restart and reload, on the host or in a container
+  The Runtime API edge          Runtime: live add, readdress, drain and safe delete of servers
+  Actions on one listener       --add, --delete, --check, --verify, --status; Result, Report
+  Committing one change         _write and Commit: validate, replace, apply live or reload, roll back
+  Sync and prune                what the engines say each listener holds (Fleet), --sync, --prune
+  Log lines, metrics            one line per record, said once; Prometheus metrics and /healthz
+  Watching                      the Watcher: typed wake-ups, the drainer, validations known, passes
+  Output                        plain (the original's), --status table, JSON/YAML
+  Running one invocation        ACTIONS: what each action runs, needs and shows
+  Command line                  argparse, completion, main()
 """
 
 from __future__ import annotations
@@ -224,7 +246,7 @@ class HaproxyDied(HaproxyError):
 
 
 ###############################################################################
-# Pure helpers: id lists, templates, ports, server lines ######################
+# The command line's values: what one invocation asks for #####################
 ###############################################################################
 
 
@@ -247,6 +269,11 @@ def quoted(text: str, limit: int = QUOTE_LIMIT) -> str:
     return text if re.fullmatch(r"[\w.:/@+=~-]+", text, re.ASCII) else repr(text)
 
 
+def _repr(text: str) -> str:
+    """Always quoted, shortened like quoted()."""
+    return repr(text) if len(text) <= QUOTE_LIMIT else quoted(text)
+
+
 def is_port(text: str) -> bool:
     """1..65535 in ASCII digits (`str.isdigit` takes any script's digits, and int() of 5,000 of them raises)."""
     return bool(PORT_DIGITS.fullmatch(text)) and 1 <= int(text) <= 65535
@@ -259,11 +286,6 @@ def parse_port(text: str, context: str) -> int:
     if not is_port(text):
         raise UsageError(f"port {quoted(text)} in {_repr(context)} is out of range; give a port in 1..65535")
     return int(text)
-
-
-def _repr(text: str) -> str:
-    """Always quoted, shortened like quoted()."""
-    return repr(text) if len(text) <= QUOTE_LIMIT else quoted(text)
 
 
 def parse_listen_address(text: str) -> tuple[str, int]:
@@ -293,88 +315,73 @@ def parse_id_list(text: str, allow_ports: bool) -> list[ContainerRef]:
     return refs
 
 
-def template_of(comment: str) -> str | None:
-    """The server line template of a `#DOCKERSERVER ...` comment, or None."""
-    match = TEMPLATE_MARK.match(comment)
-    return comment[match.end():].strip() if match else None
+def parse_filters(items: list[str]) -> dict[str, list[str]]:
+    """`KEY=VALUE` items in Docker's filter syntax (`label=app=web`) as a filters dict."""
+    filters: dict[str, list[str]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise UsageError(f"--filter {item!r} is not KEY=VALUE, e.g. label=app=web or ancestor=IMAGE")
+        filters.setdefault(key, []).append(value)
+    return filters
 
 
-def render_template(template: str, values: dict[str, Any]) -> str:
-    """Render `$id ${ip}:$port ...`; the original's `<%= id %>` form means the same."""
-    text = ERB_VARIABLE.sub(lambda m: "${" + m.group(1) + "}", template)
-    try:
-        line = string.Template(text).substitute(values)
-    except KeyError as exc:
-        known = ", ".join("$" + v for v in TEMPLATE_VARIABLES)
-        raise ConfigError(f"template {template!r} uses unknown variable ${exc.args[0]}; use {known}") from None
-    except ValueError:
-        raise ConfigError(f"template {template!r} has a stray '$'; write $$ for a literal dollar sign") from None
-    if not line.split():
-        raise ConfigError(f"template {template!r} renders an empty server line")
-    return line
+@dataclasses.dataclass(frozen=True)
+class FileOptions:
+    """How the config file is read, changed and replaced."""
+
+    path: str
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+    validate: bool = True
+    dry_run: bool = False
+    diff: bool = False
+    write_in_place: bool = False
+    show: bool = False
 
 
-def _words(line: str) -> list[str]:
-    """The words of a line as haproxy splits them: on C's isspace, not on Python's wider whitespace
-    (a name holding 0x1c or 0xa0, say, is one word to haproxy)."""
-    return [word for word in HAPROXY_SPACE.split(line) if word]
+@dataclasses.dataclass(frozen=True)
+class HaproxyOptions:
+    """Which haproxy checks the file, and how a change reaches the running one."""
+
+    binary: str | None = None
+    container: str | None = None
+    pidfile: str | None = None  # -h: hot-restart the haproxy of this pidfile
+    restart: bool = False
+    runtime: bool = True
+    runtime_socket: str | None = None
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    state_file: str | None = None
+
+    @property
+    def reloads(self) -> bool:
+        """Whether -h or -r asked for a reload after a change."""
+        return self.pidfile is not None or self.restart
 
 
-def server_name(line: str | None) -> str:
-    """The name of a server from the value of its line (`NAME ADDR:PORT ...`)."""
-    words = _words(line or "")
-    return words[0] if words else ""
+@dataclasses.dataclass(frozen=True)
+class Invocation:
+    """One invocation as decoded from the command line; run() passes this down, never argparse's Namespace."""
+
+    action: str
+    listener: str | None
+    file: FileOptions
+    haproxy: HaproxyOptions
+    refs: tuple[ContainerRef, ...] = ()
+    filters: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    docker_urls: tuple[str | None, ...] = (None,)
+    host_ip: str | None = None
+    network: str | None = None
+    coalesce: float = DEFAULT_COALESCE
+    metrics: tuple[str, int] | None = None  # --watch: serve /metrics and /healthz here
+    log_format: str = "plain"
+    services: tuple[str, ...] = ()  # --service: the swarm services of the listener
+    swarm_poll: float = DEFAULT_SWARM_POLL
 
 
-def server_address(line: str) -> tuple[str | None, int | None]:
-    """(ip, port) of a server line's value (`NAME ADDR:PORT ...`); None where it has none."""
-    words = _words(line)
-    return split_address(words[1]) if len(words) > 1 else (None, None)
 
-
-def split_address(address: str) -> tuple[str | None, int | None]:
-    """`ip:port` of a server line as (ip, port), port None when there is none."""
-    host, sep, port = address.rpartition(":")
-    if sep and port.isdigit():
-        return host.strip("[]"), int(port)
-    return address, None
-
-
-def published_ports(ports: dict[str, Any] | None) -> dict[int, list[dict[str, str]]]:
-    """Private tcp port -> host bindings, from an inspect's NetworkSettings.Ports."""
-    result: dict[int, list[dict[str, str]]] = {}
-    for key, bindings in (ports or {}).items():
-        number, _, proto = key.partition("/")
-        if proto == "tcp" and bindings:
-            result[int(number)] = bindings
-    return result
-
-
-def choose_endpoint(ref: ContainerRef, ports: dict[str, Any] | None, host_ip: str) -> tuple[str, int]:
-    """The (ip, host port) haproxy should use to reach the container of `ref`."""
-    published = published_ports(ports)
-    listed = ", ".join(str(p) for p in sorted(published))
-    if ref.port is not None:
-        if ref.port not in published:
-            hint = f"it publishes {listed}" if published else "it publishes no tcp port"
-            raise PortError(f"container {ref.ref} does not publish tcp port {ref.port}; {hint}")
-        bindings = published[ref.port]
-    elif not published:
-        raise PortError(f"container {ref.ref} publishes no tcp port; run it with -p HOSTPORT:PORT")
-    elif len(published) > 1:
-        raise PortError(f"container {ref.ref} publishes several tcp ports ({listed}); give {ref.ref}:PORT")
-    else:
-        bindings = next(iter(published.values()))
-    binding = sorted(bindings, key=lambda b: ":" in b.get("HostIp", ""))[0]
-    ip = binding.get("HostIp", "")
-    return (host_ip if ip in WILDCARD_IPS else ip), int(binding["HostPort"])
-
-
-def container_aliases(attrs: dict[str, Any]) -> set[str]:
-    """The names a server of this container may carry: full id, short id, name."""
-    names = {attrs["Id"], attrs["Id"][:12], attrs.get("Name", "").lstrip("/")}
-    names.update(n.lstrip("/") for n in attrs.get("Names") or ())
-    return names - {""}
+###############################################################################
+# Containers and how haproxy reaches them #####################################
+###############################################################################
 
 
 @dataclasses.dataclass(frozen=True)
@@ -413,6 +420,13 @@ class Endpoint:
     network: str | None = None
 
 
+def container_aliases(attrs: dict[str, Any]) -> set[str]:
+    """The names a server of this container may carry: full id, short id, name."""
+    names = {attrs["Id"], attrs["Id"][:12], attrs.get("Name", "").lstrip("/")}
+    names.update(n.lstrip("/") for n in attrs.get("Names") or ())
+    return names - {""}
+
+
 def _network_addresses(networks: dict[str, Any] | None) -> dict[str, NetworkAddress]:
     return {name: NetworkAddress(n.get("NetworkID", ""), n.get("IPAddress") or "", n.get("GlobalIPv6Address") or "")
             for name, n in (networks or {}).items()}
@@ -421,6 +435,16 @@ def _network_addresses(networks: dict[str, Any] | None) -> dict[str, NetworkAddr
 def _tcp_ports(keys: Any) -> tuple[int, ...]:
     """Port numbers of `8080/tcp`-style keys."""
     return tuple(sorted({int(k.partition("/")[0]) for k in keys or () if k.endswith("/tcp")}))
+
+
+def list_ports(ports: list[dict[str, Any]] | None) -> dict[str, list[dict[str, str]]]:
+    """A list call's Ports in the shape of an inspect's NetworkSettings.Ports."""
+    result: dict[str, list[dict[str, str]]] = {}
+    for port in ports or ():
+        if port.get("PublicPort"):
+            key = f"{port['PrivatePort']}/{port.get('Type', 'tcp')}"
+            result.setdefault(key, []).append({"HostIp": port.get("IP", ""), "HostPort": str(port["PublicPort"])})
+    return result
 
 
 def container_from_inspect(attrs: dict[str, Any], host_ip: str, shown: str) -> Container:
@@ -505,12 +529,17 @@ def id_prefix(given: str, full_id: str) -> bool:
     return len(given) >= 12 and full_id.startswith(given)
 
 
-def chosen_port(container: Container, given: int | None) -> int | None:
-    """The private port asked for: ID:PORT, else the label haproxy-docker-config.port, else None."""
-    if given is not None:
-        return given
-    label = label_value(container, LABEL_PORT)
-    return None if label is None else int(label)
+def container_state(container: Container) -> str:
+    """A container's state as --status shows it: `unhealthy` for a running one failing its health check."""
+    return "unhealthy" if container.state == "running" and container.health == "unhealthy" else container.state
+
+
+def state_of_server(name: str, containers: list[Container]) -> str:
+    """The state of the container a server name stands for (as --verify matches), or `absent`;
+    of several (the same name on two engines) the one closest to running."""
+    states = [container_state(c) for c in containers if is_backed(name, [c])]
+    order = ("running", "unhealthy", "paused", "restarting")
+    return min(states, key=lambda s: order.index(s) if s in order else len(order), default="absent")
 
 
 def label_value(container: Container, key: str) -> str | None:
@@ -525,6 +554,44 @@ def label_value(container: Container, key: str) -> str | None:
         return value
     raise LabelError(f"{what} has label {key}={quoted(value)}, which is not {wanted}; fix the label"
                      + (f" or give {ref}:PORT" if key == LABEL_PORT else fix), key=(container.id, key))
+
+
+def chosen_port(container: Container, given: int | None) -> int | None:
+    """The private port asked for: ID:PORT, else the label haproxy-docker-config.port, else None."""
+    if given is not None:
+        return given
+    label = label_value(container, LABEL_PORT)
+    return None if label is None else int(label)
+
+
+def published_ports(ports: dict[str, Any] | None) -> dict[int, list[dict[str, str]]]:
+    """Private tcp port -> host bindings, from an inspect's NetworkSettings.Ports."""
+    result: dict[int, list[dict[str, str]]] = {}
+    for key, bindings in (ports or {}).items():
+        number, _, proto = key.partition("/")
+        if proto == "tcp" and bindings:
+            result[int(number)] = bindings
+    return result
+
+
+def choose_endpoint(ref: ContainerRef, ports: dict[str, Any] | None, host_ip: str) -> tuple[str, int]:
+    """The (ip, host port) haproxy should use to reach the container of `ref`."""
+    published = published_ports(ports)
+    listed = ", ".join(str(p) for p in sorted(published))
+    if ref.port is not None:
+        if ref.port not in published:
+            hint = f"it publishes {listed}" if published else "it publishes no tcp port"
+            raise PortError(f"container {ref.ref} does not publish tcp port {ref.port}; {hint}")
+        bindings = published[ref.port]
+    elif not published:
+        raise PortError(f"container {ref.ref} publishes no tcp port; run it with -p HOSTPORT:PORT")
+    elif len(published) > 1:
+        raise PortError(f"container {ref.ref} publishes several tcp ports ({listed}); give {ref.ref}:PORT")
+    else:
+        bindings = next(iter(published.values()))
+    binding = sorted(bindings, key=lambda b: ":" in b.get("HostIp", ""))[0]
+    ip = binding.get("HostIp", "")
+    return (host_ip if ip in WILDCARD_IPS else ip), int(binding["HostPort"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -622,13 +689,15 @@ class Addressing:
         return self.reach_for(container).endpoint(container, chosen_port(container, port))
 
 
-def default_host_ip(docker_url: str | None) -> str:
-    """Address of a remote engine's published ports: its URL's host, else loopback."""
-    url = docker_url or os.environ.get("DOCKER_HOST", "")
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme in ("tcp", "ssh", "http", "https") and parts.hostname:
-        return parts.hostname
-    return "127.0.0.1"
+def template_values(container: Container, endpoint: Endpoint) -> dict[str, Any]:
+    """The variables a #DOCKERSERVER template may use."""
+    return {"id": container.id[:12], "name": container.name, "ip": endpoint.ip, "port": endpoint.port}
+
+
+
+###############################################################################
+# The config text: sections, templates, server lines ##########################
+###############################################################################
 
 
 def sections(text: str) -> list[tuple[str, str, int, int]]:
@@ -682,41 +751,76 @@ def global_settings(text: str) -> GlobalSettings:
     return found
 
 
-@dataclasses.dataclass(frozen=True)
-class HaproxyVersion:
-    """A haproxy version as it reports itself; its branch says what its Runtime API can do."""
-
-    text: str               # "2.2.9-2+deb11u7", "3.1-dev4"
-    branch: tuple[int, int]
-
-    def __str__(self) -> str:
-        return self.text
-
-    def without_dynamic_servers(self) -> str | None:
-        """Why `add server`/`del server` are not for this version, or None when they are (2.5 and newer).
-        2.4 has them only behind `experimental-mode on`, which the tool does not switch on for you."""
-        name = "haproxy %d.%d" % self.branch
-        if self.branch < (2, 4):
-            return f"{name} has no dynamic servers"
-        return f"{name} has dynamic servers only in experimental mode" if self.branch < (2, 5) else None
+def templated_listeners(text: str) -> list[str]:
+    """The listen and backend sections that carry a #DOCKERSERVER template line, in file order."""
+    mark = re.compile(r"^[ \t]*#[ \t]*DOCKERSERVER(?=\s|$)", re.MULTILINE)
+    return [name for kind, name, start, end in sections(text)
+            if kind in ("listen", "backend") and mark.search(text, start, end)]
 
 
-def parse_haproxy_version(text: str) -> HaproxyVersion | None:
-    """The version in `show info` or `haproxy -v` output; None when there is none."""
-    match = HAPROXY_VERSION.search(text)
-    return HaproxyVersion(match.group(1), (int(match.group(2)), int(match.group(3)))) if match else None
+def template_of(comment: str) -> str | None:
+    """The server line template of a `#DOCKERSERVER ...` comment, or None."""
+    match = TEMPLATE_MARK.match(comment)
+    return comment[match.end():].strip() if match else None
 
 
-def reload_outcome(logs: str) -> tuple[bool | None, str]:
-    """How a master-worker haproxy's log since SIGUSR2 says the reload went: (True, the line saying so),
-    (False, that line), or (None, "") while it has not said yet. Failure wins: it is what must not be missed."""
-    for verdict, pattern in ((False, RELOAD_FAILURE), (True, RELOAD_SUCCESS)):
-        match = pattern.search(logs)
-        if match:
-            start = logs.rfind("\n", 0, match.start()) + 1
-            end = logs.find("\n", match.end())
-            return verdict, logs[start:end if end >= 0 else len(logs)].strip()
-    return None, ""
+def render_template(template: str, values: dict[str, Any]) -> str:
+    """Render `$id ${ip}:$port ...`; the original's `<%= id %>` form means the same."""
+    text = ERB_VARIABLE.sub(lambda m: "${" + m.group(1) + "}", template)
+    try:
+        line = string.Template(text).substitute(values)
+    except KeyError as exc:
+        known = ", ".join("$" + v for v in TEMPLATE_VARIABLES)
+        raise ConfigError(f"template {template!r} uses unknown variable ${exc.args[0]}; use {known}") from None
+    except ValueError:
+        raise ConfigError(f"template {template!r} has a stray '$'; write $$ for a literal dollar sign") from None
+    if not line.split():
+        raise ConfigError(f"template {template!r} renders an empty server line")
+    return line
+
+
+def template_pattern(template: str) -> re.Pattern[str]:
+    """Matches the server lines this template renders: the servers the tool manages."""
+    marks = {name: f"\0{name}\0" for name in TEMPLATE_VARIABLES}
+    words = render_template(template, marks).split()
+    pattern = r"\s+".join(re.escape(word) for word in words)
+    for name, mark in marks.items():
+        pattern = pattern.replace(re.escape(mark), VARIABLE_PATTERNS[name])
+    return re.compile(pattern)
+
+
+def _words(line: str) -> list[str]:
+    """The words of a line as haproxy splits them: on C's isspace, not on Python's wider whitespace
+    (a name holding 0x1c or 0xa0, say, is one word to haproxy)."""
+    return [word for word in HAPROXY_SPACE.split(line) if word]
+
+
+def server_name(line: str | None) -> str:
+    """The name of a server from the value of its line (`NAME ADDR:PORT ...`)."""
+    words = _words(line or "")
+    return words[0] if words else ""
+
+
+def server_address(line: str) -> tuple[str | None, int | None]:
+    """(ip, port) of a server line's value (`NAME ADDR:PORT ...`); None where it has none."""
+    words = _words(line)
+    return split_address(words[1]) if len(words) > 1 else (None, None)
+
+
+def split_address(address: str) -> tuple[str | None, int | None]:
+    """`ip:port` of a server line as (ip, port), port None when there is none."""
+    host, sep, port = address.rpartition(":")
+    if sep and port.isdigit():
+        return host.strip("[]"), int(port)
+    return address, None
+
+
+def unified_diff(path: str, old: str, new: str) -> str:
+    """The change as a unified diff labelled before/after."""
+    lines = difflib.unified_diff(
+        old.splitlines(keepends=True), new.splitlines(keepends=True),
+        fromfile=f"{path} (before)", tofile=f"{path} (after)")
+    return "".join(line if line.endswith("\n") else line + "\n" for line in lines)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -734,255 +838,14 @@ def live_changes(before: dict[str, str], after: dict[str, str]) -> LivePlan:
     return LivePlan(upserts, [name for name in before if name not in after], frozenset(after))
 
 
-def parse_filters(items: list[str]) -> dict[str, list[str]]:
-    """`KEY=VALUE` items in Docker's filter syntax (`label=app=web`) as a filters dict."""
-    filters: dict[str, list[str]] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key or not value:
-            raise UsageError(f"--filter {item!r} is not KEY=VALUE, e.g. label=app=web or ancestor=IMAGE")
-        filters.setdefault(key, []).append(value)
-    return filters
+def _without_servers(text: str) -> str:
+    """The config without its server lines: what a hand edit changed beyond the servers."""
+    return re.sub(r"^[ \t]*server[ \t][^\n]*\n?", "", text, flags=re.MULTILINE)
 
-
-def list_ports(ports: list[dict[str, Any]] | None) -> dict[str, list[dict[str, str]]]:
-    """A list call's Ports in the shape of an inspect's NetworkSettings.Ports."""
-    result: dict[str, list[dict[str, str]]] = {}
-    for port in ports or ():
-        if port.get("PublicPort"):
-            key = f"{port['PrivatePort']}/{port.get('Type', 'tcp')}"
-            result.setdefault(key, []).append({"HostIp": port.get("IP", ""), "HostPort": str(port["PublicPort"])})
-    return result
-
-
-def template_pattern(template: str) -> re.Pattern[str]:
-    """Matches the server lines this template renders: the servers the tool manages."""
-    marks = {name: f"\0{name}\0" for name in TEMPLATE_VARIABLES}
-    words = render_template(template, marks).split()
-    pattern = r"\s+".join(re.escape(word) for word in words)
-    for name, mark in marks.items():
-        pattern = pattern.replace(re.escape(mark), VARIABLE_PATTERNS[name])
-    return re.compile(pattern)
-
-
-@dataclasses.dataclass(frozen=True)
-class LiveServer:
-    """One server as the running haproxy reports it (`show servers state` joined with `show stat`)."""
-
-    ip: str | None
-    port: int | None
-    state: str  # UP, DOWN, MAINT, DRAIN or NOLB
-    check: str | None  # the last check's status (L4OK, L7STS, ...), None without checks
-    sessions: int | None
-
-
-@dataclasses.dataclass(frozen=True)
-class ServerStatus:
-    """One row of --status: what the file, the running haproxy and Docker say about one server."""
-
-    server: str
-    ip: str | None
-    port: int | None
-    container: str  # running, unhealthy, paused, exited, ... or absent
-    haproxy: str | None  # None: no haproxy answered
-    check: str | None
-    sessions: int | None
-    in_file: bool
-    in_runtime: bool | None
-    drift: list[str]
-    listener: str | None = None
-
-
-def servers_state_rows(answer: str) -> dict[str, dict[str, str]]:
-    """name -> its row of `show servers state BACKEND` (format 1: a version line, then a `# be_id ...`
-    header naming the columns, 20 of them in 2.2 and 25 later)."""
-    lines = answer.splitlines()
-    header = lines[1][2:].split() if len(lines) > 1 and lines[1].startswith("# ") else []
-    rows = (dict(zip(header, line.split())) for line in lines[2:])
-    return {row["srv_name"]: row for row in rows if "srv_name" in row}
-
-
-def parse_servers_state(answer: str) -> dict[str, tuple[str, int]]:
-    """name -> (address, port) from the table `show servers state BACKEND` answers."""
-    return {name: (row.get("srv_addr", ""), int(row["srv_port"]))
-            for name, row in servers_state_rows(answer).items() if row.get("srv_port", "").isdigit()}
-
-
-def stat_rows(answer: str) -> dict[str, dict[str, str]]:
-    """server name -> its row of the CSV of `show stat BACKEND 4 -1`, by the header's column names
-    (they differ between haproxy versions); not the FRONTEND and BACKEND rows."""
-    lines = answer.splitlines()
-    if not lines or not lines[0].startswith("# "):
-        return {}
-    header = lines[0][2:].split(",")
-    rows = (dict(zip(header, line.split(","))) for line in lines[1:] if line)
-    return {row["svname"]: row for row in rows if row.get("svname") not in ("FRONTEND", "BACKEND", None)}
-
-
-def parse_stat(answer: str) -> dict[str, tuple[str, str | None, int | None]]:
-    """name -> (state, check status, current sessions) from the CSV of `show stat BACKEND 4 -1`."""
-    return {name: (haproxy_state(row.get("status", "")), row.get("check_status", "").lstrip("* ") or None,
-                   int(row["scur"]) if row.get("scur", "").isdigit() else None)
-            for name, row in stat_rows(answer).items()}
-
-
-def haproxy_state(status: str) -> str:
-    """`show stat`'s status as one word: `UP 1/3` (going down) is UP, `no check` is UP,
-    `MAINT (via b/s)` is MAINT."""
-    word = re.match(r"[A-Z]+", status)
-    return word.group(0) if word else "UP" if status == "no check" else status or "UP"
-
-
-def join_live(addresses: dict[str, tuple[str, int]],
-              stats: dict[str, tuple[str, str | None, int | None]]) -> dict[str, LiveServer]:
-    """The servers of one backend in the running haproxy, from its two answers."""
-    return {name: LiveServer(ip, port or None, *stats.get(name, ("UP", None, None)))
-            for name, (ip, port) in addresses.items()}
-
-
-def container_state(container: Container) -> str:
-    """A container's state as --status shows it: `unhealthy` for a running one failing its health check."""
-    return "unhealthy" if container.state == "running" and container.health == "unhealthy" else container.state
-
-
-def state_of_server(name: str, containers: list[Container]) -> str:
-    """The state of the container a server name stands for (as --verify matches), or `absent`;
-    of several (the same name on two engines) the one closest to running."""
-    states = [container_state(c) for c in containers if is_backed(name, [c])]
-    order = ("running", "unhealthy", "paused", "restarting")
-    return min(states, key=lambda s: order.index(s) if s in order else len(order), default="absent")
-
-
-def server_drift(line: str | None, live: LiveServer | None, answered: bool, container: str,
-                 docker_checked: bool) -> list[str]:
-    """Where the file, the running haproxy and Docker disagree about one server.
-
-    `answered`: a haproxy answered for this backend; `docker_checked`: the server is one of
-    Docker's (the template renders it, or a container carries its name)."""
-    drift = []
-    if answered and line is not None and live is None:
-        drift.append("not_in_runtime")
-    if live is not None and line is None:
-        drift.append("not_in_file")
-    if line is not None and live is not None and _address_differs(server_address(line), (live.ip, live.port)):
-        drift.append("address_differs")
-    if live is not None and docker_checked and live.state == "UP" and container not in ("running", "unhealthy"):
-        drift.append("up_without_container")
-    if live is not None and live.state == "MAINT" and container == "running":
-        drift.append("maint_while_healthy")
-    return drift
-
-
-def _address_differs(in_file: tuple[str | None, int | None], live: tuple[str | None, int | None]) -> bool:
-    """Compare what can be compared: a host name in the file is resolved by haproxy, not here;
-    a line without a port takes the client's."""
-    try:
-        differs = ipaddress.ip_address(in_file[0] or "") != ipaddress.ip_address(live[0] or "")
-    except ValueError:
-        differs = False
-    return differs or (in_file[1] is not None and in_file[1] != live[1])
-
-
-def status_rows(listener: str, lines: dict[str, str], live: dict[str, LiveServer] | None,
-                containers: Callable[[str], str], managed: re.Pattern[str] | None) -> list[ServerStatus]:
-    """One row per server of the file (in file order), then per server only haproxy has.
-
-    `lines`: server name -> line in the file; `live`: None when no haproxy answered;
-    `containers`: server name -> container state; `managed`: the template's shape, if any."""
-    rows = []
-    for name in [*lines, *(n for n in live or {} if n not in lines)]:
-        line, server = lines.get(name), (live or {}).get(name)
-        ip, port = server_address(line) if line is not None else (server.ip, server.port)  # type: ignore[union-attr]
-        container = containers(name)
-        ours = container != "absent" or bool(line is not None and managed and managed.fullmatch(line))
-        rows.append(ServerStatus(
-            name, ip, port, container, server.state if server else None, server.check if server else None,
-            server.sessions if server else None, line is not None, None if live is None else server is not None,
-            server_drift(line, server, live is not None, container, ours), listener))
-    return rows
-
-
-def templated_listeners(text: str) -> list[str]:
-    """The listen and backend sections that carry a #DOCKERSERVER template line, in file order."""
-    mark = re.compile(r"^[ \t]*#[ \t]*DOCKERSERVER(?=\s|$)", re.MULTILINE)
-    return [name for kind, name, start, end in sections(text)
-            if kind in ("listen", "backend") and mark.search(text, start, end)]
-
-
-def _root_cause(exc: BaseException) -> str:
-    """The innermost reason of a library error, e.g. 'Permission denied'."""
-    while exc.__cause__ or exc.__context__:
-        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
-    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-
-
-def unified_diff(path: str, old: str, new: str) -> str:
-    """The change as a unified diff labelled before/after."""
-    lines = difflib.unified_diff(
-        old.splitlines(keepends=True), new.splitlines(keepends=True),
-        fromfile=f"{path} (before)", tofile=f"{path} (after)")
-    return "".join(line if line.endswith("\n") else line + "\n" for line in lines)
 
 
 ###############################################################################
-# Settings: what one invocation asks for ######################################
-###############################################################################
-
-
-@dataclasses.dataclass(frozen=True)
-class FileOptions:
-    """How the config file is read, changed and replaced."""
-
-    path: str
-    lock_timeout: float = DEFAULT_LOCK_TIMEOUT
-    validate: bool = True
-    dry_run: bool = False
-    diff: bool = False
-    write_in_place: bool = False
-    show: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
-class HaproxyOptions:
-    """Which haproxy checks the file, and how a change reaches the running one."""
-
-    binary: str | None = None
-    container: str | None = None
-    pidfile: str | None = None  # -h: hot-restart the haproxy of this pidfile
-    restart: bool = False
-    runtime: bool = True
-    runtime_socket: str | None = None
-    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
-    state_file: str | None = None
-
-    @property
-    def reloads(self) -> bool:
-        """Whether -h or -r asked for a reload after a change."""
-        return self.pidfile is not None or self.restart
-
-
-@dataclasses.dataclass(frozen=True)
-class Invocation:
-    """One invocation as decoded from the command line; run() passes this down, never argparse's Namespace."""
-
-    action: str
-    listener: str | None
-    file: FileOptions
-    haproxy: HaproxyOptions
-    refs: tuple[ContainerRef, ...] = ()
-    filters: dict[str, list[str]] = dataclasses.field(default_factory=dict)
-    docker_urls: tuple[str | None, ...] = (None,)
-    host_ip: str | None = None
-    network: str | None = None
-    coalesce: float = DEFAULT_COALESCE
-    metrics: tuple[str, int] | None = None  # --watch: serve /metrics and /healthz here
-    log_format: str = "plain"
-    services: tuple[str, ...] = ()  # --service: the swarm services of the listener
-    swarm_poll: float = DEFAULT_SWARM_POLL
-
-
-###############################################################################
-# The Augeas edge: config text in, config text out ############################
+# The Augeas edge: one listener's section edited through the lens #############
 ###############################################################################
 
 
@@ -1015,7 +878,11 @@ def _lens_dir() -> Iterator[str]:
 #: hold alone. Each goes through as a character of the private use area instead: config texts are read
 #: as latin-1 (read_config), so none of those can be in them, and every other byte but NUL round-trips.
 _TO_AUGEAS = {chr(byte): chr(0xF700 + byte) for byte in (1, 2, 3, 4, 13)}
+
+
 _FROM_AUGEAS = str.maketrans({v: k for k, v in _TO_AUGEAS.items()})
+
+
 _UNSAFE = re.compile("[\x01-\x04]|\r(?!\n)")
 
 
@@ -1176,9 +1043,213 @@ class Listener:
         return self.doc.remove_servers(self.section, names)
 
 
+def _server_lines(listener: Listener) -> dict[str, str]:
+    return {server_name(value): value for _, value in listener.servers()}
+
+
+def _managed_pattern(listener: Listener) -> re.Pattern[str] | None:
+    """The shape of the servers the template renders; None for a listener without one template."""
+    try:
+        return template_pattern(listener.template()[1])
+    except ConfigError:
+        return None
+
+
+def _name_pattern(listener: Listener) -> re.Pattern[str] | None:
+    """The shape of the names the template gives servers; None for a listener without one template."""
+    try:
+        return template_pattern(listener.template()[1].split()[0])
+    except (ConfigError, IndexError):
+        return None
+
+
+
+###############################################################################
+# What haproxy answers: versions, reloads, servers, drift #####################
+###############################################################################
+
+
+@dataclasses.dataclass(frozen=True)
+class HaproxyVersion:
+    """A haproxy version as it reports itself; its branch says what its Runtime API can do."""
+
+    text: str               # "2.2.9-2+deb11u7", "3.1-dev4"
+    branch: tuple[int, int]
+
+    def __str__(self) -> str:
+        return self.text
+
+    def without_dynamic_servers(self) -> str | None:
+        """Why `add server`/`del server` are not for this version, or None when they are (2.5 and newer).
+        2.4 has them only behind `experimental-mode on`, which the tool does not switch on for you."""
+        name = "haproxy %d.%d" % self.branch
+        if self.branch < (2, 4):
+            return f"{name} has no dynamic servers"
+        return f"{name} has dynamic servers only in experimental mode" if self.branch < (2, 5) else None
+
+
+def parse_haproxy_version(text: str) -> HaproxyVersion | None:
+    """The version in `show info` or `haproxy -v` output; None when there is none."""
+    match = HAPROXY_VERSION.search(text)
+    return HaproxyVersion(match.group(1), (int(match.group(2)), int(match.group(3)))) if match else None
+
+
+def reload_outcome(logs: str) -> tuple[bool | None, str]:
+    """How a master-worker haproxy's log since SIGUSR2 says the reload went: (True, the line saying so),
+    (False, that line), or (None, "") while it has not said yet. Failure wins: it is what must not be missed."""
+    for verdict, pattern in ((False, RELOAD_FAILURE), (True, RELOAD_SUCCESS)):
+        match = pattern.search(logs)
+        if match:
+            start = logs.rfind("\n", 0, match.start()) + 1
+            end = logs.find("\n", match.end())
+            return verdict, logs[start:end if end >= 0 else len(logs)].strip()
+    return None, ""
+
+
+@dataclasses.dataclass(frozen=True)
+class LiveServer:
+    """One server as the running haproxy reports it (`show servers state` joined with `show stat`)."""
+
+    ip: str | None
+    port: int | None
+    state: str  # UP, DOWN, MAINT, DRAIN or NOLB
+    check: str | None  # the last check's status (L4OK, L7STS, ...), None without checks
+    sessions: int | None
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerStatus:
+    """One row of --status: what the file, the running haproxy and Docker say about one server."""
+
+    server: str
+    ip: str | None
+    port: int | None
+    container: str  # running, unhealthy, paused, exited, ... or absent
+    haproxy: str | None  # None: no haproxy answered
+    check: str | None
+    sessions: int | None
+    in_file: bool
+    in_runtime: bool | None
+    drift: list[str]
+    listener: str | None = None
+
+
+def servers_state_rows(answer: str) -> dict[str, dict[str, str]]:
+    """name -> its row of `show servers state BACKEND` (format 1: a version line, then a `# be_id ...`
+    header naming the columns, 20 of them in 2.2 and 25 later)."""
+    lines = answer.splitlines()
+    header = lines[1][2:].split() if len(lines) > 1 and lines[1].startswith("# ") else []
+    rows = (dict(zip(header, line.split())) for line in lines[2:])
+    return {row["srv_name"]: row for row in rows if "srv_name" in row}
+
+
+def parse_servers_state(answer: str) -> dict[str, tuple[str, int]]:
+    """name -> (address, port) from the table `show servers state BACKEND` answers."""
+    return {name: (row.get("srv_addr", ""), int(row["srv_port"]))
+            for name, row in servers_state_rows(answer).items() if row.get("srv_port", "").isdigit()}
+
+
+def stat_rows(answer: str) -> dict[str, dict[str, str]]:
+    """server name -> its row of the CSV of `show stat BACKEND 4 -1`, by the header's column names
+    (they differ between haproxy versions); not the FRONTEND and BACKEND rows."""
+    lines = answer.splitlines()
+    if not lines or not lines[0].startswith("# "):
+        return {}
+    header = lines[0][2:].split(",")
+    rows = (dict(zip(header, line.split(","))) for line in lines[1:] if line)
+    return {row["svname"]: row for row in rows if row.get("svname") not in ("FRONTEND", "BACKEND", None)}
+
+
+def parse_stat(answer: str) -> dict[str, tuple[str, str | None, int | None]]:
+    """name -> (state, check status, current sessions) from the CSV of `show stat BACKEND 4 -1`."""
+    return {name: (haproxy_state(row.get("status", "")), row.get("check_status", "").lstrip("* ") or None,
+                   int(row["scur"]) if row.get("scur", "").isdigit() else None)
+            for name, row in stat_rows(answer).items()}
+
+
+def haproxy_state(status: str) -> str:
+    """`show stat`'s status as one word: `UP 1/3` (going down) is UP, `no check` is UP,
+    `MAINT (via b/s)` is MAINT."""
+    word = re.match(r"[A-Z]+", status)
+    return word.group(0) if word else "UP" if status == "no check" else status or "UP"
+
+
+def join_live(addresses: dict[str, tuple[str, int]],
+              stats: dict[str, tuple[str, str | None, int | None]]) -> dict[str, LiveServer]:
+    """The servers of one backend in the running haproxy, from its two answers."""
+    return {name: LiveServer(ip, port or None, *stats.get(name, ("UP", None, None)))
+            for name, (ip, port) in addresses.items()}
+
+
+def server_drift(line: str | None, live: LiveServer | None, answered: bool, container: str,
+                 docker_checked: bool) -> list[str]:
+    """Where the file, the running haproxy and Docker disagree about one server.
+
+    `answered`: a haproxy answered for this backend; `docker_checked`: the server is one of
+    Docker's (the template renders it, or a container carries its name)."""
+    drift = []
+    if answered and line is not None and live is None:
+        drift.append("not_in_runtime")
+    if live is not None and line is None:
+        drift.append("not_in_file")
+    if line is not None and live is not None and _address_differs(server_address(line), (live.ip, live.port)):
+        drift.append("address_differs")
+    if live is not None and docker_checked and live.state == "UP" and container not in ("running", "unhealthy"):
+        drift.append("up_without_container")
+    if live is not None and live.state == "MAINT" and container == "running":
+        drift.append("maint_while_healthy")
+    return drift
+
+
+def _address_differs(in_file: tuple[str | None, int | None], live: tuple[str | None, int | None]) -> bool:
+    """Compare what can be compared: a host name in the file is resolved by haproxy, not here;
+    a line without a port takes the client's."""
+    try:
+        differs = ipaddress.ip_address(in_file[0] or "") != ipaddress.ip_address(live[0] or "")
+    except ValueError:
+        differs = False
+    return differs or (in_file[1] is not None and in_file[1] != live[1])
+
+
+def status_rows(listener: str, lines: dict[str, str], live: dict[str, LiveServer] | None,
+                containers: Callable[[str], str], managed: re.Pattern[str] | None) -> list[ServerStatus]:
+    """One row per server of the file (in file order), then per server only haproxy has.
+
+    `lines`: server name -> line in the file; `live`: None when no haproxy answered;
+    `containers`: server name -> container state; `managed`: the template's shape, if any."""
+    rows = []
+    for name in [*lines, *(n for n in live or {} if n not in lines)]:
+        line, server = lines.get(name), (live or {}).get(name)
+        ip, port = server_address(line) if line is not None else (server.ip, server.port)  # type: ignore[union-attr]
+        container = containers(name)
+        ours = container != "absent" or bool(line is not None and managed and managed.fullmatch(line))
+        rows.append(ServerStatus(
+            name, ip, port, container, server.state if server else None, server.check if server else None,
+            server.sessions if server else None, line is not None, None if live is None else server is not None,
+            server_drift(line, server, live is not None, container, ours), listener))
+    return rows
+
+
+
 ###############################################################################
 # The Docker edge #############################################################
 ###############################################################################
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost reason of a library error, e.g. 'Permission denied'."""
+    while exc.__cause__ or exc.__context__:
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+
+
+def default_host_ip(docker_url: str | None) -> str:
+    """Address of a remote engine's published ports: its URL's host, else loopback."""
+    url = docker_url or os.environ.get("DOCKER_HOST", "")
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme in ("tcp", "ssh", "http", "https") and parts.hostname:
+        return parts.hostname
+    return "127.0.0.1"
 
 
 class Engine:
@@ -1410,35 +1481,10 @@ def running_container(ref: ContainerRef, attrs: dict[str, Any] | None, host_ip: 
     return container_from_inspect(attrs, host_ip, ref.ref)
 
 
-def template_values(container: Container, endpoint: Endpoint) -> dict[str, Any]:
-    """The variables a #DOCKERSERVER template may use."""
-    return {"id": container.id[:12], "name": container.name, "ip": endpoint.ip, "port": endpoint.port}
-
 
 ###############################################################################
-# The haproxy and file edges ##################################################
+# The file edge: reading, locking, replacing ##################################
 ###############################################################################
-
-
-def _alerts(output: str, candidate: str, target: str) -> str:
-    """haproxy's alert lines, naming the user's file rather than our temp file."""
-    lines = [ln.replace(candidate, target) for ln in output.splitlines() if "ALERT" in ln]
-    return "\n".join(lines or output.replace(candidate, target).strip().splitlines()[-5:])
-
-
-def haproxy_binary(explicit: str | None) -> str:
-    found = shutil.which(explicit or "haproxy")
-    if not found:
-        raise HaproxyError(f"haproxy not found ({explicit or 'not on PATH'}); install it, "
-                           f"give --haproxy-bin, or --no-validate")
-    return found
-
-
-def haproxy_check(binary: str, path: str, label: str) -> tuple[bool, str]:
-    """Run `haproxy -c -f path`; (accepted, alert lines naming `label`)."""
-    proc = subprocess.run([binary, "-c", "-f", path], capture_output=True, text=True,
-                          errors="replace", timeout=120)
-    return proc.returncode == 0, _alerts(proc.stdout + proc.stderr, path, label)
 
 
 @contextlib.contextmanager
@@ -1549,201 +1595,42 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-###############################################################################
-# The Runtime API edge: changes applied to the running haproxy ################
-###############################################################################
-
-
-class RuntimeUnavailable(Exception):
-    """No haproxy answers on the stats socket: only the file changes."""
-
-
-def _connect(address: str) -> socket.socket:
-    """A connection to a stats socket written as haproxy writes it (path, unix@, abns@, ipv4@, ip:port)."""
-    family = re.match(r"(unix|abns|ipv4|ipv6|tcp|tcp4|tcp6)@", address)
-    kind = family.group(1) if family else ""
-    rest = address[family.end():] if family else address
-    if kind.startswith(("ip", "tcp")) or (not kind and re.fullmatch(r"[^/]*:\d+", rest)):
-        host, _, port = rest.rpartition(":")
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-        target: Any = (host.strip("[]"), int(port))
-    else:
-        sock = socket.socket(socket.AF_UNIX)
-        # haproxy binds an abns@ name as the whole sun_path, padded with NULs: so must the client
-        target = ("\0" + rest).ljust(108, "\0") if kind == "abns" else rest
-    sock.settimeout(10)
-    try:
-        sock.connect(target)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-class Runtime:
-    """haproxy's Runtime API on a stats socket at level admin, one connection per command."""
-
-    def __init__(self, address: str) -> None:
-        self.address = address
-
-    def ask(self, command: str, *accepted: str) -> str:
-        """Send one command; unless its answer starts with one of `accepted`, haproxy refused it
-        (said in one line: an unknown command makes older versions answer with their whole help)."""
-        log.info("runtime> %s", command)
-        answer = self._exchange(command)
-        for line in (answer or "(ok)").splitlines():
-            log.info("haproxy< %s", line)
-        if accepted and not any(answer.startswith(a) if a else not answer for a in accepted):
-            raise HaproxyError(f"haproxy refused '{command}': {answer.splitlines()[0] if answer else 'no answer'}")
-        return answer
-
-    def version(self) -> HaproxyVersion | None:
-        """The running haproxy's version, from `show info` (None if it names none)."""
-        log.info("runtime> show info")
-        version = parse_haproxy_version(self._exchange("show info"))
-        log.info("haproxy< Version: %s", version or "(none)")
-        return version
-
-    def _exchange(self, command: str) -> str:
-        try:
-            with _connect(self.address) as sock:
-                sock.sendall(command.encode() + b"\n")
-                return b"".join(iter(lambda: sock.recv(65536), b"")).decode(errors="replace").strip()
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise RuntimeUnavailable(f"no haproxy answers on {self.address} ({exc.strerror})") from exc
-        except OSError as exc:
-            raise HaproxyError(f"cannot use haproxy's stats socket {self.address} ({_root_cause(exc)})") from exc
-
-    def servers(self, backend: str) -> dict[str, tuple[str, int]]:
-        """Live servers of a backend: name -> (address, port)."""
-        return parse_servers_state(self.ask(f"show servers state {backend}", "1\n#"))
-
-    def backend(self, backend: str) -> dict[str, LiveServer]:
-        """Every server of a backend as haproxy runs it; {} when it does not know the backend."""
-        answer = self.ask(f"show servers state {backend}")
-        if answer.startswith("Can't find backend"):
-            return {}
-        if not answer.startswith("1\n#"):
-            raise HaproxyError(f"haproxy refused 'show servers state {backend}': {answer or 'no answer'}")
-        return join_live(parse_servers_state(answer), parse_stat(self.ask(f"show stat {backend} 4 -1", "# ")))
-
-    def ready(self, backend: str) -> set[str]:
-        """Live servers of a backend that are not in maintenance (admin state 0)."""
-        return {name for name, admin in self._admin_states(backend).items() if admin == 0}
-
-    def disabled(self, backend: str) -> set[str]:
-        """Live servers of a backend put in maintenance through this API (`disable server`: admin bit 0x1)."""
-        return {name for name, admin in self._admin_states(backend).items() if admin & 1}
-
-    def _admin_states(self, backend: str) -> dict[str, int]:
-        rows = servers_state_rows(self.ask(f"show servers state {backend}", "1\n#"))
-        return {name: int(row["srv_admin_state"]) for name, row in rows.items()
-                if row.get("srv_admin_state", "").isdigit()}
-
-    def sessions(self, backend: str, name: str) -> int:
-        """Current plus queued sessions of one server."""
-        row = stat_rows(self.ask(f"show stat {backend} 4 -1", "# pxname")).get(name, {})
-        return sum(int(row.get(column) or 0) for column in ("scur", "qcur"))
-
-    def streams(self, backend: str, name: str) -> int:
-        """Streams whose target is this server, from `show sess`: also those that wait to retry a refused
-        connection, which no counter shows (their session left `scur` with the refusal)."""
-        needle = f" be={backend} srv={name} "
-        return sum(needle in line for line in self.ask("show sess").splitlines())
-
-    def connections(self, backend: str, name: str) -> int:
-        """Used plus idle connections of one server (`show servers conn`, 2.5 and newer; 0 where not known)."""
-        answer = self.ask(f"show servers conn {backend}")
-        lines = answer.splitlines()
-        if not lines or not lines[0].startswith("# bkname/svname"):
-            return 0
-        header = lines[0][2:].split()
-        for row in (dict(zip(header, line.split())) for line in lines[1:]):
-            if row.get("bkname/svname") == f"{backend}/{name}":
-                return sum(int(row.get(k, "0")) for k in ("used_cur", "idle_cur") if row.get(k, "").isdigit())
-        return 0
-
-    def in_use(self, backend: str, name: str) -> bool:
-        """Whether anything in haproxy may still use the server: sessions, queued requests, streams
-        that point at it, connections."""
-        return bool(self.sessions(backend, name) or self.streams(backend, name) or self.connections(backend, name))
-
-    def process(self) -> str:
-        """The pid the stats socket's haproxy gives in `show info` (RuntimeUnavailable when none answers)."""
-        match = re.search(r"^Pid:[ \t]*(\d+)", self._exchange("show info"), re.MULTILINE)
-        return match.group(1) if match else ""
-
-
-def apply_live(runtime: Runtime, backend: str, plan: LivePlan, drain: float, drainer: Drainer | None = None) -> None:
-    """Apply the file's change to the running haproxy; HaproxyError when it refuses. With a drainer (a
-    watcher's), a server leaves at once and is deleted later, off the pass; without, the delete waits
-    here (at most `drain` seconds)."""
-    live = runtime.servers(backend)
-    for line in plan.upserts:
-        _upsert_live(runtime, backend, line, live, drainer)
-    for name in plan.removals:
-        if name in live and drainer is not None:
-            drainer.remove(backend, name)
-        elif name in live:
-            _remove_live(runtime, backend, name, drain)
-    if set(live) - plan.kept - set(plan.removals):
-        _sweep_live(runtime, backend, set(plan.kept), live)
-
-
-def _upsert_live(runtime: Runtime, backend: str, line: str, live: dict[str, tuple[str, int]],
-                 drainer: Drainer | None = None) -> None:
-    name, *words = line.split("#", 1)[0].split()
-    target = f"{backend}/{name}"
-    ip, port = split_address(words[0]) if words else (None, None)
-    if name in live:
-        if live[name] != (ip, port):
-            runtime.ask(f"set server {target} addr {ip} port {port}", "IP changed", "no need to change")
-            if "check" in words[1:]:  # the health seen at the old address says nothing of the new one
-                runtime.ask(f"set server {target} health up", "")
-        if drainer is not None and drainer.cancel(backend, name):  # back before it was deleted
-            runtime.ask(f"enable server {target}", "")
+def _say_owner_change(shown: str, before: os.stat_result, after: os.stat_result) -> None:
+    """A user who may not give a file its owner or group (not root, not in that group) changes them by
+    rewriting it: said once (a watcher writes again and again), with how to avoid it."""
+    if (before.st_uid, before.st_gid) == (after.st_uid, after.st_gid):
         return
-    runtime.ask(f"add server {target} {' '.join(words)}", "New server registered")
-    if "check" in words[1:]:
-        runtime.ask(f"enable health {target}", "")
-    if "disabled" not in words[1:]:
-        runtime.ask(f"enable server {target}", "")
+    log.warning("warning: %s now belongs to %d:%d instead of %d:%d: uid %d may not give a file that owner or "
+                "group; run the tool as the file's owner, in its group (docker run --group-add %d), or give "
+                "the file a group this user is in", shown, after.st_uid, after.st_gid, before.st_uid,
+                before.st_gid, os.geteuid(), before.st_gid, extra={"once": ("owner", shown)})
 
-
-def _remove_live(runtime: Runtime, backend: str, name: str, drain: float) -> None:
-    """Stop sending new requests, then delete the server once nothing in haproxy uses it any more.
-
-    `del server` frees the server; a stream still pointing at it then crashes haproxy (2.6 before
-    2.6.16 checks only sessions, queue and idle connections, not a stream waiting to retry a refused
-    connection). So the delete waits until no session, queued request, stream or connection is left;
-    a server still in use after `drain` seconds stays disabled (it gets no request) for a later try."""
-    target = f"{backend}/{name}"
-    runtime.ask(f"disable server {target}", "")
-    deadline = time.monotonic() + drain
-    while True:
-        if not runtime.in_use(backend, name):
-            answer = runtime.ask(f"del server {target}", "Server deleted", "Server still has connections")
-            if answer.startswith("Server deleted"):
-                return
-        if time.monotonic() >= deadline:
-            log.warning("warning: %s is still in use after --drain-timeout %gs; it stays disabled (no new "
-                        "request) and is deleted by a later change or the next reload", target, drain)
-            return
-        time.sleep(0.1)
-
-
-def _sweep_live(runtime: Runtime, backend: str, kept: set[str], live: dict[str, tuple[str, int]]) -> None:
-    """Delete the servers an earlier change left disabled because they were in use: in haproxy, in
-    forced maintenance, no longer in the file, and used by nothing now."""
-    disabled = runtime.disabled(backend)
-    for name in sorted(set(live) - kept):
-        if name in disabled and not runtime.in_use(backend, name):
-            runtime.ask(f"del server {backend}/{name}", "Server deleted", "Server still has connections")
 
 
 ###############################################################################
-# Reloading haproxy: on this host or in a container ###########################
+# The haproxy edge: checking and reloading, on this host or in a container ####
 ###############################################################################
+
+
+def _alerts(output: str, candidate: str, target: str) -> str:
+    """haproxy's alert lines, naming the user's file rather than our temp file."""
+    lines = [ln.replace(candidate, target) for ln in output.splitlines() if "ALERT" in ln]
+    return "\n".join(lines or output.replace(candidate, target).strip().splitlines()[-5:])
+
+
+def haproxy_binary(explicit: str | None) -> str:
+    found = shutil.which(explicit or "haproxy")
+    if not found:
+        raise HaproxyError(f"haproxy not found ({explicit or 'not on PATH'}); install it, "
+                           f"give --haproxy-bin, or --no-validate")
+    return found
+
+
+def haproxy_check(binary: str, path: str, label: str) -> tuple[bool, str]:
+    """Run `haproxy -c -f path`; (accepted, alert lines naming `label`)."""
+    proc = subprocess.run([binary, "-c", "-f", path], capture_output=True, text=True,
+                          errors="replace", timeout=120)
+    return proc.returncode == 0, _alerts(proc.stdout + proc.stderr, path, label)
 
 
 def _pids_from(pidfile: str) -> list[int]:
@@ -1940,8 +1827,276 @@ class ContainerHaproxy:
         self._call("restart", lambda: self.engine.api.restart(self.name, timeout=30))
 
 
+def _haproxy(options: HaproxyOptions, validate: bool, engine: Engine) -> HostHaproxy | ContainerHaproxy | None:
+    """Which haproxy validates and restarts: the one in --haproxy-container, else the host's
+    (None when --no-validate and no restart needs it)."""
+    if options.container:
+        return ContainerHaproxy(engine, options.container)
+    if not validate and options.pidfile is None:
+        return None
+    return HostHaproxy(haproxy_binary(options.binary))
+
+
+
 ###############################################################################
-# Actions #####################################################################
+# The Runtime API edge: changes applied to the running haproxy ################
+###############################################################################
+
+
+class RuntimeUnavailable(Exception):
+    """No haproxy answers on the stats socket: only the file changes."""
+
+
+def _connect(address: str) -> socket.socket:
+    """A connection to a stats socket written as haproxy writes it (path, unix@, abns@, ipv4@, ip:port)."""
+    family = re.match(r"(unix|abns|ipv4|ipv6|tcp|tcp4|tcp6)@", address)
+    kind = family.group(1) if family else ""
+    rest = address[family.end():] if family else address
+    if kind.startswith(("ip", "tcp")) or (not kind and re.fullmatch(r"[^/]*:\d+", rest)):
+        host, _, port = rest.rpartition(":")
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        target: Any = (host.strip("[]"), int(port))
+    else:
+        sock = socket.socket(socket.AF_UNIX)
+        # haproxy binds an abns@ name as the whole sun_path, padded with NULs: so must the client
+        target = ("\0" + rest).ljust(108, "\0") if kind == "abns" else rest
+    sock.settimeout(10)
+    try:
+        sock.connect(target)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class Runtime:
+    """haproxy's Runtime API on a stats socket at level admin, one connection per command."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+
+    def ask(self, command: str, *accepted: str) -> str:
+        """Send one command; unless its answer starts with one of `accepted`, haproxy refused it
+        (said in one line: an unknown command makes older versions answer with their whole help)."""
+        log.info("runtime> %s", command)
+        answer = self._exchange(command)
+        for line in (answer or "(ok)").splitlines():
+            log.info("haproxy< %s", line)
+        if accepted and not any(answer.startswith(a) if a else not answer for a in accepted):
+            raise HaproxyError(f"haproxy refused '{command}': {answer.splitlines()[0] if answer else 'no answer'}")
+        return answer
+
+    def version(self) -> HaproxyVersion | None:
+        """The running haproxy's version, from `show info` (None if it names none)."""
+        log.info("runtime> show info")
+        version = parse_haproxy_version(self._exchange("show info"))
+        log.info("haproxy< Version: %s", version or "(none)")
+        return version
+
+    def _exchange(self, command: str) -> str:
+        try:
+            with _connect(self.address) as sock:
+                sock.sendall(command.encode() + b"\n")
+                return b"".join(iter(lambda: sock.recv(65536), b"")).decode(errors="replace").strip()
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise RuntimeUnavailable(f"no haproxy answers on {self.address} ({exc.strerror})") from exc
+        except OSError as exc:
+            raise HaproxyError(f"cannot use haproxy's stats socket {self.address} ({_root_cause(exc)})") from exc
+
+    def servers(self, backend: str) -> dict[str, tuple[str, int]]:
+        """Live servers of a backend: name -> (address, port)."""
+        return parse_servers_state(self.ask(f"show servers state {backend}", "1\n#"))
+
+    def backend(self, backend: str) -> dict[str, LiveServer]:
+        """Every server of a backend as haproxy runs it; {} when it does not know the backend."""
+        answer = self.ask(f"show servers state {backend}")
+        if answer.startswith("Can't find backend"):
+            return {}
+        if not answer.startswith("1\n#"):
+            raise HaproxyError(f"haproxy refused 'show servers state {backend}': {answer or 'no answer'}")
+        return join_live(parse_servers_state(answer), parse_stat(self.ask(f"show stat {backend} 4 -1", "# ")))
+
+    def ready(self, backend: str) -> set[str]:
+        """Live servers of a backend that are not in maintenance (admin state 0)."""
+        return {name for name, admin in self._admin_states(backend).items() if admin == 0}
+
+    def disabled(self, backend: str) -> set[str]:
+        """Live servers of a backend put in maintenance through this API (`disable server`: admin bit 0x1)."""
+        return {name for name, admin in self._admin_states(backend).items() if admin & 1}
+
+    def _admin_states(self, backend: str) -> dict[str, int]:
+        rows = servers_state_rows(self.ask(f"show servers state {backend}", "1\n#"))
+        return {name: int(row["srv_admin_state"]) for name, row in rows.items()
+                if row.get("srv_admin_state", "").isdigit()}
+
+    def sessions(self, backend: str, name: str) -> int:
+        """Current plus queued sessions of one server."""
+        row = stat_rows(self.ask(f"show stat {backend} 4 -1", "# pxname")).get(name, {})
+        return sum(int(row.get(column) or 0) for column in ("scur", "qcur"))
+
+    def streams(self, backend: str, name: str) -> int:
+        """Streams whose target is this server, from `show sess`: also those that wait to retry a refused
+        connection, which no counter shows (their session left `scur` with the refusal)."""
+        needle = f" be={backend} srv={name} "
+        return sum(needle in line for line in self.ask("show sess").splitlines())
+
+    def connections(self, backend: str, name: str) -> int:
+        """Used plus idle connections of one server (`show servers conn`, 2.5 and newer; 0 where not known)."""
+        answer = self.ask(f"show servers conn {backend}")
+        lines = answer.splitlines()
+        if not lines or not lines[0].startswith("# bkname/svname"):
+            return 0
+        header = lines[0][2:].split()
+        for row in (dict(zip(header, line.split())) for line in lines[1:]):
+            if row.get("bkname/svname") == f"{backend}/{name}":
+                return sum(int(row.get(k, "0")) for k in ("used_cur", "idle_cur") if row.get(k, "").isdigit())
+        return 0
+
+    def in_use(self, backend: str, name: str) -> bool:
+        """Whether anything in haproxy may still use the server: sessions, queued requests, streams
+        that point at it, connections."""
+        return bool(self.sessions(backend, name) or self.streams(backend, name) or self.connections(backend, name))
+
+    def process(self) -> str:
+        """The pid the stats socket's haproxy gives in `show info` (RuntimeUnavailable when none answers)."""
+        match = re.search(r"^Pid:[ \t]*(\d+)", self._exchange("show info"), re.MULTILINE)
+        return match.group(1) if match else ""
+
+
+def apply_live(runtime: Runtime, backend: str, plan: LivePlan, drain: float, drainer: Drainer | None = None) -> None:
+    """Apply the file's change to the running haproxy; HaproxyError when it refuses. With a drainer (a
+    watcher's), a server leaves at once and is deleted later, off the pass; without, the delete waits
+    here (at most `drain` seconds)."""
+    live = runtime.servers(backend)
+    for line in plan.upserts:
+        _upsert_live(runtime, backend, line, live, drainer)
+    for name in plan.removals:
+        if name in live and drainer is not None:
+            drainer.remove(backend, name)
+        elif name in live:
+            _remove_live(runtime, backend, name, drain)
+    if set(live) - plan.kept - set(plan.removals):
+        _sweep_live(runtime, backend, set(plan.kept), live)
+
+
+def _upsert_live(runtime: Runtime, backend: str, line: str, live: dict[str, tuple[str, int]],
+                 drainer: Drainer | None = None) -> None:
+    name, *words = line.split("#", 1)[0].split()
+    target = f"{backend}/{name}"
+    ip, port = split_address(words[0]) if words else (None, None)
+    if name in live:
+        if live[name] != (ip, port):
+            runtime.ask(f"set server {target} addr {ip} port {port}", "IP changed", "no need to change")
+            if "check" in words[1:]:  # the health seen at the old address says nothing of the new one
+                runtime.ask(f"set server {target} health up", "")
+        if drainer is not None and drainer.cancel(backend, name):  # back before it was deleted
+            runtime.ask(f"enable server {target}", "")
+        return
+    runtime.ask(f"add server {target} {' '.join(words)}", "New server registered")
+    if "check" in words[1:]:
+        runtime.ask(f"enable health {target}", "")
+    if "disabled" not in words[1:]:
+        runtime.ask(f"enable server {target}", "")
+
+
+def _remove_live(runtime: Runtime, backend: str, name: str, drain: float) -> None:
+    """Stop sending new requests, then delete the server once nothing in haproxy uses it any more.
+
+    `del server` frees the server; a stream still pointing at it then crashes haproxy (2.6 before
+    2.6.16 checks only sessions, queue and idle connections, not a stream waiting to retry a refused
+    connection). So the delete waits until no session, queued request, stream or connection is left;
+    a server still in use after `drain` seconds stays disabled (it gets no request) for a later try."""
+    target = f"{backend}/{name}"
+    runtime.ask(f"disable server {target}", "")
+    deadline = time.monotonic() + drain
+    while True:
+        if not runtime.in_use(backend, name):
+            answer = runtime.ask(f"del server {target}", "Server deleted", "Server still has connections")
+            if answer.startswith("Server deleted"):
+                return
+        if time.monotonic() >= deadline:
+            log.warning("warning: %s is still in use after --drain-timeout %gs; it stays disabled (no new "
+                        "request) and is deleted by a later change or the next reload", target, drain)
+            return
+        time.sleep(0.1)
+
+
+def _sweep_live(runtime: Runtime, backend: str, kept: set[str], live: dict[str, tuple[str, int]]) -> None:
+    """Delete the servers an earlier change left disabled because they were in use: in haproxy, in
+    forced maintenance, no longer in the file, and used by nothing now."""
+    disabled = runtime.disabled(backend)
+    for name in sorted(set(live) - kept):
+        if name in disabled and not runtime.in_use(backend, name):
+            runtime.ask(f"del server {backend}/{name}", "Server deleted", "Server still has connections")
+
+
+def _runtime_address(options: HaproxyOptions, settings: GlobalSettings) -> str | None:
+    return options.runtime_socket or settings.admin_socket() if options.runtime else None
+
+
+def _reading_socket(options: HaproxyOptions, settings: GlobalSettings) -> str | None:
+    """A stats socket to read from: reading needs no admin level."""
+    return options.runtime_socket or settings.admin_socket() or next((s.address for s in settings.sockets), None)
+
+
+def _still_the_same(runtime: Runtime, pid: str) -> None:
+    """After a change: haproxy still answers (RuntimeUnavailable when it does not), as the same process."""
+    now = runtime.process()
+    if pid and now != pid:
+        log.warning("warning: haproxy on %s is a new process (pid %s, was %s): it was restarted while the "
+                    "change was applied; it read the file, which holds the change", runtime.address, now, pid)
+
+
+def _has_dynamic_servers(runtime: Runtime, config: str, reloads: bool, report: Report) -> bool:
+    """Ask the running haproxy its version: one without dynamic servers is not sent `add server`;
+    it gets the change by reload, or the file waits for one (a warning, not an error: the original tool's way)."""
+    version = runtime.version()
+    why_not = version.without_dynamic_servers() if version else None
+    if why_not is None:
+        log.info("haproxy %s on %s has dynamic servers: applying the change live", version or "(no version said)",
+                 runtime.address)
+        return True
+    report.runtime = "unsupported"
+    if reloads:
+        log.info("%s; reloading instead", why_not)
+    else:
+        log.warning("warning: %s; %s is updated: reload haproxy to apply it, or give -h", why_not, config)
+    return False
+
+
+def _say_why_not_live(no_runtime: bool, haproxy: HostHaproxy | ContainerHaproxy | None) -> None:
+    """With -v: why the change reaches haproxy only by reload, and which haproxy that is."""
+    if not log.isEnabledFor(logging.INFO):
+        return  # `haproxy -v` costs a process or an exec: only for this line
+    why = "--no-runtime" if no_runtime else "no stats socket at level admin (in global, or --runtime-socket)"
+    version = haproxy.version() if haproxy else None
+    which = f"haproxy {version} ({haproxy.where})" if haproxy and version else "haproxy"
+    log.info("%s: the change reaches %s only by a reload (-h/-r)", why, which)
+
+
+def _save_server_state(options: HaproxyOptions, settings: GlobalSettings) -> None:
+    """Dump `show servers state` where the reloaded haproxy will read it, so servers known
+    to be down stay down (load-server-state-from-file)."""
+    path = options.state_file or (None if options.container else settings.state_file)
+    address = _reading_socket(options, settings)
+    if not path or not address:
+        return
+    try:
+        state = Runtime(address).ask("show servers state", "1\n#")
+    except RuntimeUnavailable as exc:
+        log.info("%s; no server state saved", exc)
+        return
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = target.with_name(f".{target.name}.tmp")
+    temp.write_text(state + "\n")
+    os.replace(temp, target)
+    log.info("saved the servers' state to %s", path)
+
+
+
+###############################################################################
+# Actions on one listener #####################################################
 ###############################################################################
 
 
@@ -2118,386 +2273,16 @@ def _live_servers(runtime: Runtime | None, name: str) -> tuple[dict[str, LiveSer
         return None, None
 
 
-def _managed_pattern(listener: Listener) -> re.Pattern[str] | None:
-    """The shape of the servers the template renders; None for a listener without one template."""
-    try:
-        return template_pattern(listener.template()[1])
-    except ConfigError:
-        return None
+def _with_servers(file: FileOptions, report: Report, listener: Listener) -> None:
+    """-s (or --show alone): the report carries the listener's server lines as the file has them now."""
+    if file.show or report.action == "show":
+        report.servers = [value for _, value in listener.servers()]
 
-
-@dataclasses.dataclass
-class Fleet:
-    """What the engines say: the selected running containers, and who owns what when one is down."""
-
-    selected: list[Container]
-    known: list[Container] | None = None  # every container of the engines that answered, if one did not
-
-    def may_remove(self, name: str) -> bool:
-        """A server is only removed when its container is known to an engine that answered."""
-        return self.known is None or is_backed(name, self.known)
-
-
-ServicePicker = Callable[[dict[str, Any]], bool]
-
-
-def gather(engines: list[Engine], filters: dict[str, list[str]], everything: bool = False,
-           excluded: frozenset[str] = frozenset(), services: ServicePicker | None = None) -> Fleet:
-    """List the selected containers of every engine, and on swarm managers the running tasks of the
-    services `services` picks; an engine that is down keeps its servers.
-
-    `excluded`: ids that events said died or turned unhealthy, which the list may not show yet.
-    A task's container is listed once, as a task, also where its node's engine lists it too.
-    """
-    selected: dict[str, Container] = {}
-    down = []
-    for engine in engines:
-        try:
-            found = engine.containers(filters, everything) + (engine.task_containers(services) if services else [])
-        except DockerError as exc:
-            log.warning("warning: %s; its servers are left as they are", exc)
-            down.append(engine)
-            continue
-        selected.update((b.id, b) for b in found if b.id not in excluded)
-    if len(down) == len(engines):
-        raise DockerError(f"no Docker engine answered ({', '.join(e.describe() for e in engines)}); "
-                          f"start dockerd or check --docker-url")
-    if not down:
-        return Fleet(list(selected.values()))
-    return Fleet(list(selected.values()), [b for e in engines if e not in down for b in
-                                           e.containers({}, everything=True) + e.task_containers(_any_service, True)])
-
-
-
-def desired_servers(template: str, fleet: Fleet, addressing: Addressing) -> dict[str, tuple[str, Endpoint]]:
-    """Server name -> (line, endpoint) for every selected healthy container; others are skipped."""
-    wanted = {}
-    for container in fleet.selected:
-        if container.state != "running":
-            continue
-        if container.health == "unhealthy":
-            log.info("%s is unhealthy; it stays out of balancing", container.name)
-            continue
-        try:
-            endpoint = addressing.endpoint(container, None)
-        except LabelError as exc:
-            log.warning("warning: %s; skipped", exc, extra={"once": exc.key})
-            continue
-        except PortError as exc:
-            log.warning("warning: %s (or label it %s=PORT); skipped", exc, LABEL_PORT, extra=_once(container, "port"))
-            continue
-        except DockerError as exc:
-            log.warning("warning: %s; skipped", exc, extra=_once(container, "address"))
-            continue
-        line = render_template(template, template_values(container, endpoint))
-        wanted[server_name(line)] = (line, endpoint)
-    return wanted
-
-
-def sync_listener(listener: Listener, fleet: Fleet, addressing: Addressing) -> list[Result]:
-    """Add or update every selected container; remove managed servers no longer selected."""
-    _, template, indent = listener.template()
-    current = _server_lines(listener)
-    wanted = desired_servers(template, fleet, addressing)
-    results = []
-    for name, (line, end) in wanted.items():
-        if current.get(name) != line:
-            listener.put_server(line, indent)
-            results.append(Result(name, "updated" if name in current else "added", name, end.ip, end.port,
-                                  network=end.network))
-    return results + _remove_managed(listener, template, lambda name: name not in wanted and fleet.may_remove(name))
-
-
-def prune_listener(listener: Listener, fleet: Fleet) -> list[Result]:
-    """Remove the managed servers whose containers no longer run."""
-    return _remove_managed(listener, listener.template()[1],
-                           lambda name: not is_backed(name, fleet.selected) and fleet.may_remove(name))
-
-
-def _remove_managed(listener: Listener, template: str, unwanted: Callable[[str], bool]) -> list[Result]:
-    managed = template_pattern(template)
-    gone = {server_name(v) for _, v in listener.servers() if managed.fullmatch(v) and unwanted(server_name(v))}
-    return [Result(name, "removed", name) for name in listener.remove_servers(gone)]
-
-
-def _server_result(value: str, status: str) -> Result:
-    name = server_name(value)
-    return Result(name, status, name, *server_address(value))
 
 
 ###############################################################################
-# Running one invocation ######################################################
+# Committing one change: validate, replace, apply live or reload ##############
 ###############################################################################
-
-
-def _action(args: argparse.Namespace) -> str:
-    """The one action the command line asks for, checked against what goes with it."""
-    name = next((a for a, act in ACTIONS.items() if act.option and getattr(args, act.option) not in (None, False)),
-                "show" if args.show else None)
-    if name is None:
-        raise UsageError("nothing to do; give --add, --delete, --check, --verify, --sync, --prune, --watch, "
-                         "--status or --show")
-    action = ACTIONS[name]
-    if args.listen is None and action.needs_listener:
-        raise UsageError("the following arguments are required: -l/--listen; see --help")
-    if len(args.docker_url or ()) > 1 and not action.many_engines:
-        raise UsageError("--docker-url may be given more than once only with --sync, --prune, --watch or --status")
-    if (args.metrics or args.log_format != "plain") and name != "watch":
-        raise UsageError("--metrics and --log-format go with --watch")
-    if args.filter and (not action.selects or args.listen is None):
-        raise UsageError("--filter selects the containers of one listener: give it with -l, "
-                         "with --sync or --watch")
-    if args.service and (not action.selects or args.listen is None):
-        raise UsageError("--service selects the swarm services of one listener: give it with -l, "
-                         "with --sync or --watch (--add SERVICE adds one service's tasks)")
-    if not args.swarm_poll > 0:
-        raise UsageError(f"--swarm-poll {args.swarm_poll:g} must be more than 0 seconds")
-    return name
-
-
-def _refs(args: argparse.Namespace, action: str) -> tuple[ContainerRef, ...]:
-    """The id list of --add or --delete, or of --check (where none means every server)."""
-    if action in ("add", "delete") or (action == "check" and args.check):
-        return tuple(parse_id_list(getattr(args, action), action == "add"))
-    return ()
-
-
-def _invocation(args: argparse.Namespace) -> Invocation:
-    """Decode the command line once; below run() only typed settings travel."""
-    action = _action(args)
-    file = FileOptions(args.config, args.lock_timeout, not args.no_validate, args.dry_run, args.diff,
-                       args.write_in_place, args.show)
-    haproxy = HaproxyOptions(args.haproxy_bin, args.haproxy_container, args.hot_restart, args.restart,
-                             not args.no_runtime, args.runtime_socket, args.drain_timeout, args.state_file)
-    return Invocation(action, args.listen, file, haproxy, _refs(args, action), parse_filters(args.filter or []),
-                      tuple(args.docker_url or [None]), args.host_ip, args.network, args.coalesce,
-                      parse_listen_address(args.metrics) if args.metrics else None, args.log_format,
-                      tuple(args.service or ()), args.swarm_poll)
-
-
-def run(args: argparse.Namespace) -> Report:
-    """Carry out one invocation; raises HdcError for anything that stops it."""
-    mode = _invocation(args)
-    engines = [Engine(url, host_ip=mode.host_ip) for url in mode.docker_urls]  # one connection per engine
-    return ACTIONS[mode.action].run(mode, engines)
-
-
-def _add(mode: Invocation, engines: list[Engine]) -> Report:
-    edit = functools.partial(add_containers, refs=list(mode.refs), engine=engines[0],
-                             addressing=_addressing(mode, engines[0]))
-    return _write(mode.file, mode.haproxy, Report(mode.listener, "add"), {mode.listener: edit}, engines[0])
-
-
-def _delete(mode: Invocation, engines: list[Engine]) -> Report:
-    edit = functools.partial(delete_containers, refs=list(mode.refs), engine=engines[0])
-    return _write(mode.file, mode.haproxy, Report(mode.listener, "delete"), {mode.listener: edit}, engines[0])
-
-
-def _read_only(mode: Invocation, engines: list[Engine]) -> Report:
-    """--check, --verify and --show: the listener as the file has it, no lock, no write."""
-    path = Path(mode.file.path)
-    listener = Listener(read_config(path), mode.listener, str(path))
-    report = Report(mode.listener, mode.action)
-    if mode.action == "check":
-        report.results = check_containers(listener, list(mode.refs), engines[0])
-    elif mode.action == "verify":
-        report.results = verify_servers(listener, engines[0], _addressing(mode, engines[0]))
-    _with_servers(mode.file, report, listener)
-    return report
-
-
-def _with_address(who: str, r: Result, verbose: bool) -> str | None:
-    return "%-20s\t%s\t%s:%s" % (who, r.status, r.ip, r.port)
-
-
-def _with_status(who: str, r: Result, verbose: bool) -> str | None:
-    """A server added or updated is shown with its address, any other result with its status."""
-    return _with_address(who, r, verbose) if r.status in ("added", "updated") else "%-20s\t%s" % (who, r.status)
-
-
-def _when_verbose(who: str, r: Result, verbose: bool) -> str | None:
-    return _with_status(who, r, verbose) if verbose else None
-
-
-def _never(who: str, r: Result, verbose: bool) -> str | None:
-    return None
-
-
-@dataclasses.dataclass(frozen=True)
-class Action:
-    """One action of the command line: its option, how it runs, what goes with it, how its results show.
-    ACTIONS is the one place that says what differs between actions."""
-
-    option: str | None  # the argparse dest that asks for it; None: -s alone (show)
-    run: Callable[[Invocation, list[Engine]], Report]
-    needs_listener: bool = True  # -l is required
-    many_engines: bool = False  # --docker-url may be given more than once
-    selects: bool = False  # --filter and --service go with it
-    amiss: Callable[[Report], bool] = lambda report: False  # what makes the exit status 1
-    line: Callable[[str, Result, bool], str | None] = _with_status  # a result in plain output
-    table: Callable[[Report], str] | None = None  # plain output as a whole, instead of lines
-
-
-def _not_there(report: Report) -> bool:
-    return any(r.status in ("not_balanced", "not_found") for r in report.results)
-
-
-ACTIONS: dict[str, Action] = {
-    "add": Action("add", _add, line=_with_address),
-    "delete": Action("delete", _delete, line=_when_verbose),
-    "check": Action("check", _read_only, amiss=_not_there),
-    "verify": Action("verify", _read_only, amiss=_not_there),
-    "sync": Action("sync", lambda mode, engines: sync(mode, False, engines)[0], needs_listener=False,
-                   many_engines=True, selects=True),
-    "prune": Action("prune", lambda mode, engines: sync(mode, True, engines)[0], many_engines=True),
-    "watch": Action("watch", lambda mode, engines: Watcher(mode, engines).run(), needs_listener=False,
-                    many_engines=True, selects=True, line=_never),
-    "status": Action("status", lambda mode, engines: status(mode, engines), needs_listener=False,
-                     many_engines=True, amiss=lambda report: any(row.drift for row in report.rows),
-                     table=lambda report: render_status(report)),
-    "show": Action(None, _read_only),
-}
-
-
-def _addressing(mode: Invocation, engine: Engine) -> Addressing:
-    """How this run reaches containers: --network, else the networks haproxy's container is on."""
-    if mode.network:
-        return Addressing(network=engine.network_name(mode.network))
-    if mode.haproxy.container:
-        return Addressing(shared_with=engine.shared_networks(mode.haproxy.container), haproxy=mode.haproxy.container)
-    return Addressing()
-
-
-def status(mode: Invocation, engines: list[Engine]) -> Report:
-    """--status: reads only and takes no lock, so a cron job never waits on a writer."""
-    text = read_config(Path(mode.file.path))
-    address = _reading_socket(mode.haproxy, global_settings(text)) if mode.haproxy.runtime else None
-    if address is None and mode.haproxy.runtime:
-        log.warning("warning: no stats socket in the global section and no --runtime-socket; "
-                    "haproxy's side is not compared")
-    names = [mode.listener] if mode.listener else templated_listeners(text)
-    runtime = Runtime(address) if address else None
-    return Report(mode.listener, "status", rows=status_servers(text, mode.file.path, names, runtime, engines))
-
-
-def _write(file: FileOptions, options: HaproxyOptions, report: Report, edits: dict[str, Edit], engine: Engine,
-           skip: bool = False, drainer: Drainer | None = None, checks: Validations | None = None) -> Report:
-    """Edit listeners under the lock, all in one text: one validation, one write, at most one restart,
-    and only when the bytes really changed. With `skip`, a listener the config lacks (or with no
-    template) is skipped with a warning instead of stopping the others."""
-    path = Path(file.path)
-    target = Path(os.path.realpath(path))
-    haproxy = _haproxy(options, file.validate, engine)
-    with config_lock(target, file.lock_timeout):
-        _remove_stale_temps(target)
-        old = read_config(path)
-        if not os.access(target, os.W_OK):
-            raise ConfigError(f"{path} is read-only; make it writable or run as a user who may write it")
-        new, changes, listener = old, {}, None
-        for name, edit in edits.items():
-            try:
-                listener = Listener(new, name, str(path))
-                before = _server_lines(listener)
-                report.results += edit(listener)
-            except ConfigError as exc:
-                if not skip:
-                    raise
-                log.warning("warning: %s; listener %s skipped, the others are synced", exc, quoted(name),
-                            extra={"once": ("listener", name)})
-                continue
-            new = listener.text()
-            changes[name] = live_changes(before, _server_lines(listener))
-        report.changed = new != old
-        report.diff = unified_diff(str(path), old, new) if file.diff else None
-        report.text = old if file.dry_run else new
-        if report.changed:
-            Commit(file, options, old, new, changes, haproxy, engine, report, drainer, checks).run()
-        else:
-            log.info("%s unchanged; nothing written, haproxy not restarted", path)
-        if listener is not None:
-            _with_servers(file, report, listener)
-    return report
-
-
-def sync(mode: Invocation, prune: bool, engines: list[Engine], remembered: frozenset[str] = frozenset(),
-         excluded: frozenset[str] = frozenset(), drainer: Drainer | None = None,
-         checks: Validations | None = None) -> tuple[Report, dict[str, Fleet]]:
-    """--sync / --prune: one pass over the listener -l, or every listener that labels name (and those
-    `remembered`), in one write; the report and what each listener it covered holds."""
-    action = "prune" if prune else "sync"
-    fleets = _fleets(mode, prune, engines, remembered, excluded)
-    if not fleets:
-        return Report(mode.listener, action), {}
-    reach = Addressing() if prune else _addressing(mode, engines[0])
-    edits = {name: functools.partial(_sync_edit, prune, name, fleet, reach) for name, fleet in fleets.items()}
-    report = _write(mode.file, mode.haproxy, Report(mode.listener, action), edits, engines[0],
-                    skip=mode.listener is None, drainer=drainer, checks=checks)
-    if mode.listener is None:
-        report.servers = None
-    return report, fleets
-
-
-def _sync_edit(prune: bool, name: str, fleet: Fleet, reach: Addressing, listener: Listener) -> list[Result]:
-    results = prune_listener(listener, fleet) if prune else sync_listener(listener, fleet, reach)
-    for result in results:
-        result.listener = name
-    return results
-
-
-def _fleets(mode: Invocation, prune: bool, engines: list[Engine], remembered: frozenset[str],
-            excluded: frozenset[str]) -> dict[str, Fleet]:
-    """What each listener should hold. Containers: --filter, else the listen label; services (on a
-    swarm manager): --service, else the service's listen label. --prune: everything that runs."""
-    if prune:
-        return {mode.listener: gather(engines, {"status": ["running"]}, services=_any_service)}
-    if mode.listener:
-        default = {"label": [f"{LABEL_LISTEN}={mode.listener}"]}
-        selection = dict(mode.filters or default, status=["running"])
-        return {mode.listener: gather(engines, selection, excluded=excluded,
-                                      services=_service_picker(mode.listener, mode.services))}
-    labelled = gather(engines, {"label": [LABEL_LISTEN]}, True, excluded,
-                      lambda s: LABEL_LISTEN in (s["Spec"].get("Labels") or {}))
-    return _labelled_fleets(labelled, remembered)
-
-
-def _service_picker(listener: str, names: tuple[str, ...]) -> ServicePicker:
-    """The services of a listener: those named (name, id, or id prefix of 12 or more), else those labelled."""
-    if names:
-        return lambda s: any(n in (s["Spec"]["Name"], s["ID"]) or id_prefix(n, s["ID"])
-                             for n in names)
-    return lambda s: (s["Spec"].get("Labels") or {}).get(LABEL_LISTEN) == listener
-
-
-def _labelled_fleets(fleet: Fleet, remembered: frozenset[str]) -> dict[str, Fleet]:
-    """One fleet per listener that a container's label names (any state, so emptied ones are synced too);
-    a container whose label is no listener name is skipped with a warning."""
-    named: dict[str, list[Container]] = {}
-    for container in fleet.selected:
-        try:
-            named.setdefault(label_value(container, LABEL_LISTEN) or "", []).append(container)
-        except LabelError as exc:
-            log.warning("warning: %s; skipped", exc, extra={"once": exc.key})
-    named.pop("", None)
-    return {name: Fleet(named.get(name, []), fleet.known) for name in sorted(remembered | set(named))}
-
-
-def _once(container: Container, what: str) -> dict[str, Any]:
-    """The `extra` of a warning about one container that a watcher says once (until its text changes)."""
-    return {"once": (container.id, what)}
-
-
-def _server_lines(listener: Listener) -> dict[str, str]:
-    return {server_name(value): value for _, value in listener.servers()}
-
-
-def _haproxy(options: HaproxyOptions, validate: bool, engine: Engine) -> HostHaproxy | ContainerHaproxy | None:
-    """Which haproxy validates and restarts: the one in --haproxy-container, else the host's
-    (None when --no-validate and no restart needs it)."""
-    if options.container:
-        return ContainerHaproxy(engine, options.container)
-    if not validate and options.pidfile is None:
-        return None
-    return HostHaproxy(haproxy_binary(options.binary))
 
 
 @dataclasses.dataclass
@@ -2638,17 +2423,6 @@ class Commit:
         return True
 
 
-def _say_owner_change(shown: str, before: os.stat_result, after: os.stat_result) -> None:
-    """A user who may not give a file its owner or group (not root, not in that group) changes them by
-    rewriting it: said once (a watcher writes again and again), with how to avoid it."""
-    if (before.st_uid, before.st_gid) == (after.st_uid, after.st_gid):
-        return
-    log.warning("warning: %s now belongs to %d:%d instead of %d:%d: uid %d may not give a file that owner or "
-                "group; run the tool as the file's owner, in its group (docker run --group-add %d), or give "
-                "the file a group this user is in", shown, after.st_uid, after.st_gid, before.st_uid,
-                before.st_gid, os.geteuid(), before.st_gid, extra={"once": ("owner", shown)})
-
-
 def _validate(checker: HostHaproxy | ContainerHaproxy, candidate: Path, target: Path, shown: str,
               checks: Validations | None = None, text: str = "") -> None:
     accepted, alerts = checks.check(candidate, text, shown) if checks else checker.check(candidate, shown)
@@ -2759,6 +2533,45 @@ def _simple(template: str) -> bool:
     return len(words) > 1 and "$" not in " ".join(words[2:]) and "ip" in words[1] and "port" in words[1]
 
 
+def _write(file: FileOptions, options: HaproxyOptions, report: Report, edits: dict[str, Edit], engine: Engine,
+           skip: bool = False, drainer: Drainer | None = None, checks: Validations | None = None) -> Report:
+    """Edit listeners under the lock, all in one text: one validation, one write, at most one restart,
+    and only when the bytes really changed. With `skip`, a listener the config lacks (or with no
+    template) is skipped with a warning instead of stopping the others."""
+    path = Path(file.path)
+    target = Path(os.path.realpath(path))
+    haproxy = _haproxy(options, file.validate, engine)
+    with config_lock(target, file.lock_timeout):
+        _remove_stale_temps(target)
+        old = read_config(path)
+        if not os.access(target, os.W_OK):
+            raise ConfigError(f"{path} is read-only; make it writable or run as a user who may write it")
+        new, changes, listener = old, {}, None
+        for name, edit in edits.items():
+            try:
+                listener = Listener(new, name, str(path))
+                before = _server_lines(listener)
+                report.results += edit(listener)
+            except ConfigError as exc:
+                if not skip:
+                    raise
+                log.warning("warning: %s; listener %s skipped, the others are synced", exc, quoted(name),
+                            extra={"once": ("listener", name)})
+                continue
+            new = listener.text()
+            changes[name] = live_changes(before, _server_lines(listener))
+        report.changed = new != old
+        report.diff = unified_diff(str(path), old, new) if file.diff else None
+        report.text = old if file.dry_run else new
+        if report.changed:
+            Commit(file, options, old, new, changes, haproxy, engine, report, drainer, checks).run()
+        else:
+            log.info("%s unchanged; nothing written, haproxy not restarted", path)
+        if listener is not None:
+            _with_servers(file, report, listener)
+    return report
+
+
 def reconcile(file: FileOptions, options: HaproxyOptions, listeners: list[str], drainer: Drainer) -> None:
     """--watch, after each pass: the running haproxy's servers of these listeners as the file has them
     (a server written by hand, a change that a haproxy missed while it was down). Missing servers are
@@ -2798,86 +2611,263 @@ def _reconcile_listener(runtime: Runtime, listener: Listener, backend: str, drai
         drainer.remove(backend, name)
 
 
-def _name_pattern(listener: Listener) -> re.Pattern[str] | None:
-    """The shape of the names the template gives servers; None for a listener without one template."""
-    try:
-        return template_pattern(listener.template()[1].split()[0])
-    except (ConfigError, IndexError):
-        return None
+
+###############################################################################
+# Sync and prune: what the engines say each listener holds ####################
+###############################################################################
 
 
-def _still_the_same(runtime: Runtime, pid: str) -> None:
-    """After a change: haproxy still answers (RuntimeUnavailable when it does not), as the same process."""
-    now = runtime.process()
-    if pid and now != pid:
-        log.warning("warning: haproxy on %s is a new process (pid %s, was %s): it was restarted while the "
-                    "change was applied; it read the file, which holds the change", runtime.address, now, pid)
+@dataclasses.dataclass
+class Fleet:
+    """What the engines say: the selected running containers, and who owns what when one is down."""
+
+    selected: list[Container]
+    known: list[Container] | None = None  # every container of the engines that answered, if one did not
+
+    def may_remove(self, name: str) -> bool:
+        """A server is only removed when its container is known to an engine that answered."""
+        return self.known is None or is_backed(name, self.known)
 
 
-def _has_dynamic_servers(runtime: Runtime, config: str, reloads: bool, report: Report) -> bool:
-    """Ask the running haproxy its version: one without dynamic servers is not sent `add server`;
-    it gets the change by reload, or the file waits for one (a warning, not an error: the original tool's way)."""
-    version = runtime.version()
-    why_not = version.without_dynamic_servers() if version else None
-    if why_not is None:
-        log.info("haproxy %s on %s has dynamic servers: applying the change live", version or "(no version said)",
-                 runtime.address)
-        return True
-    report.runtime = "unsupported"
-    if reloads:
-        log.info("%s; reloading instead", why_not)
-    else:
-        log.warning("warning: %s; %s is updated: reload haproxy to apply it, or give -h", why_not, config)
-    return False
+ServicePicker = Callable[[dict[str, Any]], bool]
 
 
-def _say_why_not_live(no_runtime: bool, haproxy: HostHaproxy | ContainerHaproxy | None) -> None:
-    """With -v: why the change reaches haproxy only by reload, and which haproxy that is."""
-    if not log.isEnabledFor(logging.INFO):
-        return  # `haproxy -v` costs a process or an exec: only for this line
-    why = "--no-runtime" if no_runtime else "no stats socket at level admin (in global, or --runtime-socket)"
-    version = haproxy.version() if haproxy else None
-    which = f"haproxy {version} ({haproxy.where})" if haproxy and version else "haproxy"
-    log.info("%s: the change reaches %s only by a reload (-h/-r)", why, which)
+def gather(engines: list[Engine], filters: dict[str, list[str]], everything: bool = False,
+           excluded: frozenset[str] = frozenset(), services: ServicePicker | None = None) -> Fleet:
+    """List the selected containers of every engine, and on swarm managers the running tasks of the
+    services `services` picks; an engine that is down keeps its servers.
+
+    `excluded`: ids that events said died or turned unhealthy, which the list may not show yet.
+    A task's container is listed once, as a task, also where its node's engine lists it too.
+    """
+    selected: dict[str, Container] = {}
+    down = []
+    for engine in engines:
+        try:
+            found = engine.containers(filters, everything) + (engine.task_containers(services) if services else [])
+        except DockerError as exc:
+            log.warning("warning: %s; its servers are left as they are", exc)
+            down.append(engine)
+            continue
+        selected.update((b.id, b) for b in found if b.id not in excluded)
+    if len(down) == len(engines):
+        raise DockerError(f"no Docker engine answered ({', '.join(e.describe() for e in engines)}); "
+                          f"start dockerd or check --docker-url")
+    if not down:
+        return Fleet(list(selected.values()))
+    return Fleet(list(selected.values()), [b for e in engines if e not in down for b in
+                                           e.containers({}, everything=True) + e.task_containers(_any_service, True)])
 
 
-def _runtime_address(options: HaproxyOptions, settings: GlobalSettings) -> str | None:
-    return options.runtime_socket or settings.admin_socket() if options.runtime else None
+def desired_servers(template: str, fleet: Fleet, addressing: Addressing) -> dict[str, tuple[str, Endpoint]]:
+    """Server name -> (line, endpoint) for every selected healthy container; others are skipped."""
+    wanted = {}
+    for container in fleet.selected:
+        if container.state != "running":
+            continue
+        if container.health == "unhealthy":
+            log.info("%s is unhealthy; it stays out of balancing", container.name)
+            continue
+        try:
+            endpoint = addressing.endpoint(container, None)
+        except LabelError as exc:
+            log.warning("warning: %s; skipped", exc, extra={"once": exc.key})
+            continue
+        except PortError as exc:
+            log.warning("warning: %s (or label it %s=PORT); skipped", exc, LABEL_PORT, extra=_once(container, "port"))
+            continue
+        except DockerError as exc:
+            log.warning("warning: %s; skipped", exc, extra=_once(container, "address"))
+            continue
+        line = render_template(template, template_values(container, endpoint))
+        wanted[server_name(line)] = (line, endpoint)
+    return wanted
 
 
-def _reading_socket(options: HaproxyOptions, settings: GlobalSettings) -> str | None:
-    """A stats socket to read from: reading needs no admin level."""
-    return options.runtime_socket or settings.admin_socket() or next((s.address for s in settings.sockets), None)
+def sync_listener(listener: Listener, fleet: Fleet, addressing: Addressing) -> list[Result]:
+    """Add or update every selected container; remove managed servers no longer selected."""
+    _, template, indent = listener.template()
+    current = _server_lines(listener)
+    wanted = desired_servers(template, fleet, addressing)
+    results = []
+    for name, (line, end) in wanted.items():
+        if current.get(name) != line:
+            listener.put_server(line, indent)
+            results.append(Result(name, "updated" if name in current else "added", name, end.ip, end.port,
+                                  network=end.network))
+    return results + _remove_managed(listener, template, lambda name: name not in wanted and fleet.may_remove(name))
 
 
-def _save_server_state(options: HaproxyOptions, settings: GlobalSettings) -> None:
-    """Dump `show servers state` where the reloaded haproxy will read it, so servers known
-    to be down stay down (load-server-state-from-file)."""
-    path = options.state_file or (None if options.container else settings.state_file)
-    address = _reading_socket(options, settings)
-    if not path or not address:
-        return
-    try:
-        state = Runtime(address).ask("show servers state", "1\n#")
-    except RuntimeUnavailable as exc:
-        log.info("%s; no server state saved", exc)
-        return
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = target.with_name(f".{target.name}.tmp")
-    temp.write_text(state + "\n")
-    os.replace(temp, target)
-    log.info("saved the servers' state to %s", path)
+def prune_listener(listener: Listener, fleet: Fleet) -> list[Result]:
+    """Remove the managed servers whose containers no longer run."""
+    return _remove_managed(listener, listener.template()[1],
+                           lambda name: not is_backed(name, fleet.selected) and fleet.may_remove(name))
 
 
-def _with_servers(file: FileOptions, report: Report, listener: Listener) -> None:
-    """-s (or --show alone): the report carries the listener's server lines as the file has them now."""
-    if file.show or report.action == "show":
-        report.servers = [value for _, value in listener.servers()]
+def _remove_managed(listener: Listener, template: str, unwanted: Callable[[str], bool]) -> list[Result]:
+    managed = template_pattern(template)
+    gone = {server_name(v) for _, v in listener.servers() if managed.fullmatch(v) and unwanted(server_name(v))}
+    return [Result(name, "removed", name) for name in listener.remove_servers(gone)]
+
+
+def _server_result(value: str, status: str) -> Result:
+    name = server_name(value)
+    return Result(name, status, name, *server_address(value))
+
+
+def _addressing(mode: Invocation, engine: Engine) -> Addressing:
+    """How this run reaches containers: --network, else the networks haproxy's container is on."""
+    if mode.network:
+        return Addressing(network=engine.network_name(mode.network))
+    if mode.haproxy.container:
+        return Addressing(shared_with=engine.shared_networks(mode.haproxy.container), haproxy=mode.haproxy.container)
+    return Addressing()
+
+
+def sync(mode: Invocation, prune: bool, engines: list[Engine], remembered: frozenset[str] = frozenset(),
+         excluded: frozenset[str] = frozenset(), drainer: Drainer | None = None,
+         checks: Validations | None = None) -> tuple[Report, dict[str, Fleet]]:
+    """--sync / --prune: one pass over the listener -l, or every listener that labels name (and those
+    `remembered`), in one write; the report and what each listener it covered holds."""
+    action = "prune" if prune else "sync"
+    fleets = _fleets(mode, prune, engines, remembered, excluded)
+    if not fleets:
+        return Report(mode.listener, action), {}
+    reach = Addressing() if prune else _addressing(mode, engines[0])
+    edits = {name: functools.partial(_sync_edit, prune, name, fleet, reach) for name, fleet in fleets.items()}
+    report = _write(mode.file, mode.haproxy, Report(mode.listener, action), edits, engines[0],
+                    skip=mode.listener is None, drainer=drainer, checks=checks)
+    if mode.listener is None:
+        report.servers = None
+    return report, fleets
+
+
+def _sync_edit(prune: bool, name: str, fleet: Fleet, reach: Addressing, listener: Listener) -> list[Result]:
+    results = prune_listener(listener, fleet) if prune else sync_listener(listener, fleet, reach)
+    for result in results:
+        result.listener = name
+    return results
+
+
+def _fleets(mode: Invocation, prune: bool, engines: list[Engine], remembered: frozenset[str],
+            excluded: frozenset[str]) -> dict[str, Fleet]:
+    """What each listener should hold. Containers: --filter, else the listen label; services (on a
+    swarm manager): --service, else the service's listen label. --prune: everything that runs."""
+    if prune:
+        return {mode.listener: gather(engines, {"status": ["running"]}, services=_any_service)}
+    if mode.listener:
+        default = {"label": [f"{LABEL_LISTEN}={mode.listener}"]}
+        selection = dict(mode.filters or default, status=["running"])
+        return {mode.listener: gather(engines, selection, excluded=excluded,
+                                      services=_service_picker(mode.listener, mode.services))}
+    labelled = gather(engines, {"label": [LABEL_LISTEN]}, True, excluded,
+                      lambda s: LABEL_LISTEN in (s["Spec"].get("Labels") or {}))
+    return _labelled_fleets(labelled, remembered)
+
+
+def _service_picker(listener: str, names: tuple[str, ...]) -> ServicePicker:
+    """The services of a listener: those named (name, id, or id prefix of 12 or more), else those labelled."""
+    if names:
+        return lambda s: any(n in (s["Spec"]["Name"], s["ID"]) or id_prefix(n, s["ID"])
+                             for n in names)
+    return lambda s: (s["Spec"].get("Labels") or {}).get(LABEL_LISTEN) == listener
+
+
+def _labelled_fleets(fleet: Fleet, remembered: frozenset[str]) -> dict[str, Fleet]:
+    """One fleet per listener that a container's label names (any state, so emptied ones are synced too);
+    a container whose label is no listener name is skipped with a warning."""
+    named: dict[str, list[Container]] = {}
+    for container in fleet.selected:
+        try:
+            named.setdefault(label_value(container, LABEL_LISTEN) or "", []).append(container)
+        except LabelError as exc:
+            log.warning("warning: %s; skipped", exc, extra={"once": exc.key})
+    named.pop("", None)
+    return {name: Fleet(named.get(name, []), fleet.known) for name in sorted(remembered | set(named))}
+
+
+def _once(container: Container, what: str) -> dict[str, Any]:
+    """The `extra` of a warning about one container that a watcher says once (until its text changes)."""
+    return {"once": (container.id, what)}
+
 
 
 ###############################################################################
-# What a watcher tells about itself: metrics, health, JSON log lines ##########
+# Log lines: one line each, said once, plain or JSON ##########################
+###############################################################################
+
+
+def one_line(text: str) -> str:
+    """What goes to stderr is one line: line breaks and other unprintable characters in what a message
+    quotes (a label, a config line, haproxy's answer) are shown escaped."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+class PlainLines(logging.Formatter):
+    """Plain stderr lines: each record one line (a traceback under -v is the one exception)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = one_line(record.getMessage())
+        return message + ("\n" + self.formatException(record.exc_info) if record.exc_info else "")
+
+
+class SayOnce(logging.Filter):
+    """In a watch, a warning logged with extra={"once": key} is said once per key, and again only when its
+    text changes (a label fixed to another bad value): a bad container does not fill the log every pass."""
+
+    LIMIT = 10_000  # keys remembered; the oldest is forgotten first
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.said: dict[Any, str] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = getattr(record, "once", None)
+        if key is None:
+            return True
+        text = record.getMessage()
+        if self.said.get(key) == text:
+            return False
+        self.said.pop(key, None)
+        self.said[key] = text
+        if len(self.said) > self.LIMIT:
+            del self.said[next(iter(self.said))]
+        return True
+
+
+class JsonLines(logging.Formatter):
+    """--log-format json: every stderr line one JSON object with the same keys, for log shippers."""
+
+    KEYS = ("listener", "action", "server", "address", "engine")
+
+    def format(self, record: logging.LogRecord) -> str:
+        message, level = record.getMessage(), "info"  # the module logs at WARNING only to be seen without -v
+        for prefix in ("ERROR: ", "warning: "):
+            if message.startswith(prefix):
+                message, level = message[len(prefix):], prefix.rstrip(": ").lower()
+        if record.exc_info:
+            message += "\n" + self.formatException(record.exc_info)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+        change = getattr(record, "change", {})
+        return json.dumps({"time": stamp, "level": level, **{k: change.get(k) for k in self.KEYS},
+                           "message": message})
+
+
+def _change_fields(result: Result, engines: list[Engine]) -> dict[str, Any]:
+    """A watch line's fields; the engine is the one whose last listing has the container (unknown
+    for a container gone from one of several engines)."""
+    engine = engines[0] if len(engines) == 1 else next(
+        (e for e in engines if result.server and is_backed(result.server, e.listed)), None)
+    return {"listener": result.listener, "action": result.status, "server": result.server,
+            "address": f"{result.ip}:{result.port}" if result.port else None,
+            "engine": engine.describe() if engine else None}
+
+
+
+###############################################################################
+# What a watcher tells about itself: metrics and health #######################
 ###############################################################################
 
 
@@ -3042,76 +3032,9 @@ def _serve(address: tuple[str, int], metrics: Metrics) -> Any:
                          f"give a free ADDR:PORT") from exc
 
 
-def one_line(text: str) -> str:
-    """What goes to stderr is one line: line breaks and other unprintable characters in what a message
-    quotes (a label, a config line, haproxy's answer) are shown escaped."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-class PlainLines(logging.Formatter):
-    """Plain stderr lines: each record one line (a traceback under -v is the one exception)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        message = one_line(record.getMessage())
-        return message + ("\n" + self.formatException(record.exc_info) if record.exc_info else "")
-
-
-class SayOnce(logging.Filter):
-    """In a watch, a warning logged with extra={"once": key} is said once per key, and again only when its
-    text changes (a label fixed to another bad value): a bad container does not fill the log every pass."""
-
-    LIMIT = 10_000  # keys remembered; the oldest is forgotten first
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.said: dict[Any, str] = {}
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        key = getattr(record, "once", None)
-        if key is None:
-            return True
-        text = record.getMessage()
-        if self.said.get(key) == text:
-            return False
-        self.said.pop(key, None)
-        self.said[key] = text
-        if len(self.said) > self.LIMIT:
-            del self.said[next(iter(self.said))]
-        return True
-
-
-class JsonLines(logging.Formatter):
-    """--log-format json: every stderr line one JSON object with the same keys, for log shippers."""
-
-    KEYS = ("listener", "action", "server", "address", "engine")
-
-    def format(self, record: logging.LogRecord) -> str:
-        message, level = record.getMessage(), "info"  # the module logs at WARNING only to be seen without -v
-        for prefix in ("ERROR: ", "warning: "):
-            if message.startswith(prefix):
-                message, level = message[len(prefix):], prefix.rstrip(": ").lower()
-        if record.exc_info:
-            message += "\n" + self.formatException(record.exc_info)
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
-        change = getattr(record, "change", {})
-        return json.dumps({"time": stamp, "level": level, **{k: change.get(k) for k in self.KEYS},
-                           "message": message})
-
-
-def _change_fields(result: Result, engines: list[Engine]) -> dict[str, Any]:
-    """A watch line's fields; the engine is the one whose last listing has the container (unknown
-    for a container gone from one of several engines)."""
-    engine = engines[0] if len(engines) == 1 else next(
-        (e for e in engines if result.server and is_backed(result.server, e.listed)), None)
-    return {"listener": result.listener, "action": result.status, "server": result.server,
-            "address": f"{result.ip}:{result.port}" if result.port else None,
-            "engine": engine.describe() if engine else None}
-
 
 ###############################################################################
-# Watching the engines ########################################################
+# Watching: wake-ups, drains and passes #######################################
 ###############################################################################
 
 
@@ -3466,11 +3389,6 @@ class Watcher:
                             extra={"change": _change_fields(r, self.engines)})
 
 
-def _without_servers(text: str) -> str:
-    """The config without its server lines: what a hand edit changed beyond the servers."""
-    return re.sub(r"^[ \t]*server[ \t][^\n]*\n?", "", text, flags=re.MULTILINE)
-
-
 class Liveness:
     """Whether the haproxy behind the stats socket answers, as a watcher sees it after each pass.
 
@@ -3625,6 +3543,7 @@ def _task_key(task: dict[str, Any]) -> tuple[str, ...]:
     return (task["ID"], task["Status"]["ContainerStatus"]["ContainerID"], *addresses)
 
 
+
 ###############################################################################
 # Output ######################################################################
 ###############################################################################
@@ -3685,6 +3604,154 @@ def render(report: Report, fmt: str, verbose: bool) -> str:
 
         return yaml.safe_dump(as_document(report), sort_keys=False)
     return render_plain(report, verbose)
+
+
+def _with_address(who: str, r: Result, verbose: bool) -> str | None:
+    return "%-20s\t%s\t%s:%s" % (who, r.status, r.ip, r.port)
+
+
+def _with_status(who: str, r: Result, verbose: bool) -> str | None:
+    """A server added or updated is shown with its address, any other result with its status."""
+    return _with_address(who, r, verbose) if r.status in ("added", "updated") else "%-20s\t%s" % (who, r.status)
+
+
+def _when_verbose(who: str, r: Result, verbose: bool) -> str | None:
+    return _with_status(who, r, verbose) if verbose else None
+
+
+def _never(who: str, r: Result, verbose: bool) -> str | None:
+    return None
+
+
+
+###############################################################################
+# Running one invocation: the table of actions ################################
+###############################################################################
+
+
+def _action(args: argparse.Namespace) -> str:
+    """The one action the command line asks for, checked against what goes with it."""
+    name = next((a for a, act in ACTIONS.items() if act.option and getattr(args, act.option) not in (None, False)),
+                "show" if args.show else None)
+    if name is None:
+        raise UsageError("nothing to do; give --add, --delete, --check, --verify, --sync, --prune, --watch, "
+                         "--status or --show")
+    action = ACTIONS[name]
+    if args.listen is None and action.needs_listener:
+        raise UsageError("the following arguments are required: -l/--listen; see --help")
+    if len(args.docker_url or ()) > 1 and not action.many_engines:
+        raise UsageError("--docker-url may be given more than once only with --sync, --prune, --watch or --status")
+    if (args.metrics or args.log_format != "plain") and name != "watch":
+        raise UsageError("--metrics and --log-format go with --watch")
+    if args.filter and (not action.selects or args.listen is None):
+        raise UsageError("--filter selects the containers of one listener: give it with -l, "
+                         "with --sync or --watch")
+    if args.service and (not action.selects or args.listen is None):
+        raise UsageError("--service selects the swarm services of one listener: give it with -l, "
+                         "with --sync or --watch (--add SERVICE adds one service's tasks)")
+    if not args.swarm_poll > 0:
+        raise UsageError(f"--swarm-poll {args.swarm_poll:g} must be more than 0 seconds")
+    return name
+
+
+def _refs(args: argparse.Namespace, action: str) -> tuple[ContainerRef, ...]:
+    """The id list of --add or --delete, or of --check (where none means every server)."""
+    if action in ("add", "delete") or (action == "check" and args.check):
+        return tuple(parse_id_list(getattr(args, action), action == "add"))
+    return ()
+
+
+def _invocation(args: argparse.Namespace) -> Invocation:
+    """Decode the command line once; below run() only typed settings travel."""
+    action = _action(args)
+    file = FileOptions(args.config, args.lock_timeout, not args.no_validate, args.dry_run, args.diff,
+                       args.write_in_place, args.show)
+    haproxy = HaproxyOptions(args.haproxy_bin, args.haproxy_container, args.hot_restart, args.restart,
+                             not args.no_runtime, args.runtime_socket, args.drain_timeout, args.state_file)
+    return Invocation(action, args.listen, file, haproxy, _refs(args, action), parse_filters(args.filter or []),
+                      tuple(args.docker_url or [None]), args.host_ip, args.network, args.coalesce,
+                      parse_listen_address(args.metrics) if args.metrics else None, args.log_format,
+                      tuple(args.service or ()), args.swarm_poll)
+
+
+def run(args: argparse.Namespace) -> Report:
+    """Carry out one invocation; raises HdcError for anything that stops it."""
+    mode = _invocation(args)
+    engines = [Engine(url, host_ip=mode.host_ip) for url in mode.docker_urls]  # one connection per engine
+    return ACTIONS[mode.action].run(mode, engines)
+
+
+def _add(mode: Invocation, engines: list[Engine]) -> Report:
+    edit = functools.partial(add_containers, refs=list(mode.refs), engine=engines[0],
+                             addressing=_addressing(mode, engines[0]))
+    return _write(mode.file, mode.haproxy, Report(mode.listener, "add"), {mode.listener: edit}, engines[0])
+
+
+def _delete(mode: Invocation, engines: list[Engine]) -> Report:
+    edit = functools.partial(delete_containers, refs=list(mode.refs), engine=engines[0])
+    return _write(mode.file, mode.haproxy, Report(mode.listener, "delete"), {mode.listener: edit}, engines[0])
+
+
+def _read_only(mode: Invocation, engines: list[Engine]) -> Report:
+    """--check, --verify and --show: the listener as the file has it, no lock, no write."""
+    path = Path(mode.file.path)
+    listener = Listener(read_config(path), mode.listener, str(path))
+    report = Report(mode.listener, mode.action)
+    if mode.action == "check":
+        report.results = check_containers(listener, list(mode.refs), engines[0])
+    elif mode.action == "verify":
+        report.results = verify_servers(listener, engines[0], _addressing(mode, engines[0]))
+    _with_servers(mode.file, report, listener)
+    return report
+
+
+def status(mode: Invocation, engines: list[Engine]) -> Report:
+    """--status: reads only and takes no lock, so a cron job never waits on a writer."""
+    text = read_config(Path(mode.file.path))
+    address = _reading_socket(mode.haproxy, global_settings(text)) if mode.haproxy.runtime else None
+    if address is None and mode.haproxy.runtime:
+        log.warning("warning: no stats socket in the global section and no --runtime-socket; "
+                    "haproxy's side is not compared")
+    names = [mode.listener] if mode.listener else templated_listeners(text)
+    runtime = Runtime(address) if address else None
+    return Report(mode.listener, "status", rows=status_servers(text, mode.file.path, names, runtime, engines))
+
+
+@dataclasses.dataclass(frozen=True)
+class Action:
+    """One action of the command line: its option, how it runs, what goes with it, how its results show.
+    ACTIONS is the one place that says what differs between actions."""
+
+    option: str | None  # the argparse dest that asks for it; None: -s alone (show)
+    run: Callable[[Invocation, list[Engine]], Report]
+    needs_listener: bool = True  # -l is required
+    many_engines: bool = False  # --docker-url may be given more than once
+    selects: bool = False  # --filter and --service go with it
+    amiss: Callable[[Report], bool] = lambda report: False  # what makes the exit status 1
+    line: Callable[[str, Result, bool], str | None] = _with_status  # a result in plain output
+    table: Callable[[Report], str] | None = None  # plain output as a whole, instead of lines
+
+
+def _not_there(report: Report) -> bool:
+    return any(r.status in ("not_balanced", "not_found") for r in report.results)
+
+
+ACTIONS: dict[str, Action] = {
+    "add": Action("add", _add, line=_with_address),
+    "delete": Action("delete", _delete, line=_when_verbose),
+    "check": Action("check", _read_only, amiss=_not_there),
+    "verify": Action("verify", _read_only, amiss=_not_there),
+    "sync": Action("sync", lambda mode, engines: sync(mode, False, engines)[0], needs_listener=False,
+                   many_engines=True, selects=True),
+    "prune": Action("prune", lambda mode, engines: sync(mode, True, engines)[0], many_engines=True),
+    "watch": Action("watch", lambda mode, engines: Watcher(mode, engines).run(), needs_listener=False,
+                    many_engines=True, selects=True, line=_never),
+    "status": Action("status", lambda mode, engines: status(mode, engines), needs_listener=False,
+                     many_engines=True, amiss=lambda report: any(row.drift for row in report.rows),
+                     table=lambda report: render_status(report)),
+    "show": Action(None, _read_only),
+}
+
 
 
 ###############################################################################
