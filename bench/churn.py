@@ -36,7 +36,7 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from load import CLI, IMAGE, Load, Outcome, free_port
+from load import CLI, IMAGE, Load, Outcome, background, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 LABEL = "hdc-churn"
@@ -164,18 +164,8 @@ def start_app(client: docker.DockerClient, listener: str, host_ip: str) -> docke
 def watcher(cfg: Path, listener: str, extra: list[str], tool: str | None, log: Path) -> Iterator[None]:
     """`--watch -l LISTENER` in the background until the block ends (SIGTERM, as systemd stops it)."""
     command = [sys.executable, tool] if tool else [CLI]
-    with log.open("wb") as out:
-        proc = subprocess.Popen([*command, "--watch", "-f", str(cfg), "-l", listener, *extra],
-                                stdout=out, stderr=subprocess.STDOUT)
-    try:
+    with background([*command, "--watch", "-f", str(cfg), "-l", listener, *extra], log):
         yield
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def served(outcome: Outcome, name: str, haproxy: HostHaproxy | ContainerHaproxy, timeout: float = 15.0) -> bool:

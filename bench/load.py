@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -211,11 +212,7 @@ def run_scenario(seconds: float, clients: int = 4, min_rounds: int = 0) -> Outco
                 while time.monotonic() < deadline or outcome.rounds < min_rounds:
                     one_round(cfg, pidfile, client, serving, outcome, live=outcome.rounds % 2 == 0)
         finally:
-            for pid in pids(pidfile):
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
-            for container in client.containers.list(all=True, filters={"label": f"{LABEL}={RUN}"}):
-                container.remove(force=True)
+            _clean_up(pidfile, client)
     return outcome
 
 
@@ -288,11 +285,7 @@ def watch_scenario(rounds: int, clients: int = 3) -> WatchOutcome:
             if watcher is not None:
                 watcher.terminate()
                 watcher.wait(timeout=30)
-            for pid in pids(pidfile):
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
-            for container in client.containers.list(all=True, filters={"label": f"{LABEL}={RUN}"}):
-                container.remove(force=True)
+            _clean_up(pidfile, client)
     return outcome
 
 
@@ -300,6 +293,32 @@ def _seconds(values: list[float]) -> str:
     """median / max of delays, in seconds."""
     ordered = sorted(values)
     return f"{ordered[len(ordered) // 2]:.2f} / {ordered[-1]:.2f} s" if ordered else "-"
+
+
+def _clean_up(pidfile: Path, client: docker.DockerClient) -> None:
+    """Kill this run's haproxy and remove its containers."""
+    for pid in pids(pidfile):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    for container in client.containers.list(all=True, filters={"label": f"{LABEL}={RUN}"}):
+        container.remove(force=True)
+
+
+@contextlib.contextmanager
+def background(command: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A command (a watcher) running while the block runs, its output in `log`; SIGTERM at the end,
+    as systemd stops it, then SIGKILL after 30 s."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def report(outcome: Outcome, watched: WatchOutcome, seconds: float, command: str, measured_at: str) -> str:

@@ -185,19 +185,10 @@ def watcher(box: ss.HaproxyBox, service: str, log: Path, enabled: bool) -> Itera
         return
     command = [CLI, "-f", str(box.config), "-l", "tool", "--service", service, "--watch", "-v",
                "--haproxy-container", box.name, "--runtime-socket", str(box.socket)]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-    try:
+    with load.background(command, log) as proc:
         yield
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.returncode not in (0, -signal.SIGTERM):
-            progress(f"the watcher exited {proc.returncode}; its log: {log}")
+    if proc.returncode not in (0, -signal.SIGTERM):
+        progress(f"the watcher exited {proc.returncode}; its log: {log}")
 
 
 def churn(sw: ss.Swarm, service: str, loads: dict[str, TimedLoad], rounds: int,
