@@ -2355,7 +2355,7 @@ class Commit:
         candidate = _write_beside(target, text.encode("latin-1"), ".tmp")
         try:
             if checker:
-                _validate(checker, candidate, target, shown, self.checks, text)
+                _validate(checker, candidate, target, shown, self.checks, (text, backup))
             if self.file.dry_run:
                 log.info("dry run: %s not written", shown)
                 return
@@ -2424,12 +2424,17 @@ class Commit:
 
 
 def _validate(checker: HostHaproxy | ContainerHaproxy, candidate: Path, target: Path, shown: str,
-              checks: Validations | None = None, text: str = "") -> None:
-    accepted, alerts = checks.check(candidate, text, shown) if checks else checker.check(candidate, shown)
+              checks: Validations | None = None, texts: tuple[str, str] = ("", "")) -> None:
+    """haproxy -c of the candidate; when it fails, of the file as it is, to say which of them is wrong.
+    `texts`: (the candidate's, the file's), by which a watcher's `checks` know what haproxy said before."""
+    def check(path: Path, text: str) -> tuple[bool, str]:
+        return checks.check(path, text, shown) if checks else checker.check(path, shown)
+
+    accepted, alerts = check(candidate, texts[0])
     if accepted:
         log.info("haproxy -c accepts the new %s", shown)
         return
-    was_valid, old_alerts = checker.check(target, shown)
+    was_valid, old_alerts = check(target, texts[1])
     if not was_valid:
         raise ConfigError(f"haproxy already rejects {shown} as it is, before any change; "
                           f"fix it first (haproxy -c -f {shown})", old_alerts)
