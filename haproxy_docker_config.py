@@ -2474,26 +2474,22 @@ class Validations:
             return known
         return self._ask(key, path, shown)
 
-    def prepare(self, build: Callable[[], tuple[str, Path] | None], shown: str) -> None:
-        """In a thread of its own: validate the text `build` makes (and the target beside which to write it)."""
+    def prepare(self, build: Callable[[], list[str]], shown: str) -> None:
+        """In a thread of its own: validate the texts `build` makes, each written to a private temp file
+        (not beside the config, where a pass would take it for a killed run's and remove it)."""
         threading.Thread(target=self._prepare, args=(build, shown), daemon=True).start()
 
-    def _prepare(self, build: Callable[[], tuple[str, Path] | None], shown: str) -> None:
-        with contextlib.suppress(HdcError):
-            built = build()
-            if built is None:
-                return
-            text, target = built
-            key = validation_key(text)
-            with self.lock:
-                if key in self.said or key in self.running:
-                    return
-            candidate = _write_beside(target, text.encode("latin-1"), ".tmp")
-            try:
-                self._ask(key, candidate, shown)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(candidate)
+    def _prepare(self, build: Callable[[], list[str]], shown: str) -> None:
+        with contextlib.suppress(HdcError, OSError):
+            for text in build():
+                key = validation_key(text)
+                with self.lock:
+                    if key in self.said or key in self.running:
+                        continue
+                with tempfile.NamedTemporaryFile("wb", prefix="hdc-candidate-", suffix=".cfg") as candidate:
+                    candidate.write(text.encode("latin-1"))
+                    candidate.flush()
+                    self._ask(key, Path(candidate.name), shown)
 
     def _ask(self, key: str, path: Path, shown: str) -> tuple[bool, str]:
         done = threading.Event()
@@ -3221,17 +3217,23 @@ def _validations(mode: Invocation, engine: Engine) -> Validations | None:
     return Validations(checker) if checker is not None else None
 
 
-def _one_more(path: Path, listener: str) -> tuple[str, Path] | None:
-    """The config with one more server of a simple template in the listener (a placeholder standing for
-    any container: see Validations), and where to write it; None where that says nothing."""
+def _more(path: Path, listener: str, coming: int) -> list[str]:
+    """The config with 1 to `coming` more servers of a simple template in the listener (placeholders
+    standing for any container: see Validations); none where that says nothing."""
     text = read_config(path)
     section = Listener(text, listener, str(path))
     _, template, indent = section.template()
-    line = render_template(template, {"id": "0" * 12, "name": "hdc-placeholder", "ip": "192.0.2.1", "port": 1})
-    if not _simple(template) or server_name(line) in _server_lines(section):
-        return None
-    section.put_server(line, indent)
-    return section.text(), Path(os.path.realpath(path))
+    if not _simple(template):
+        return []
+    texts = []
+    for n in range(1, coming + 1):
+        values = {"id": f"{n:012x}", "name": f"hdc-placeholder-{n}", "ip": "192.0.2.1", "port": n}
+        line = render_template(template, values)
+        if server_name(line) in _server_lines(section):
+            break
+        section.put_server(line, indent)
+        texts.append(section.text())
+    return texts
 
 
 class Watcher:
@@ -3253,7 +3255,7 @@ class Watcher:
         self.drainer = Drainer(mode.haproxy.drain_timeout, self.stop)
         self.checks = _validations(mode, engines[0])
         self.text: str | None = None  # the config as the last pass left it: other text is a hand edit
-        self.last_pass = float("-inf")  # when the last pass started (monotonic)
+        self.last_pass = float("-inf")  # when the last pass that wrote started (monotonic)
         self.fast_until = float("-inf")  # the task pollers ask fast until then (after a service event)
 
     def run(self) -> Report:
@@ -3288,20 +3290,20 @@ class Watcher:
     def post(self, wake: Wake) -> None:
         self.wakes.put(wake)
 
-    def prepare(self, event: dict[str, Any]) -> None:
-        """A container was created (it starts next): have haproxy -c say now what the pass that adds it
-        will need, a listener with one server more (see Validations), so that the pass need not wait."""
-        labels = (event.get("Actor") or {}).get("Attributes") or {}
+    def prepare(self, labels: dict[str, str], coming: int = 1) -> None:
+        """A container was created, or swarm tasks are on their way (they run next): have haproxy -c say now
+        what the pass that adds them will need, the listener with 1 to `coming` servers more (see
+        Validations), so that the pass need not wait for it."""
         listener = self.mode.listener or labels.get(LABEL_LISTEN, "")
         if self.checks is not None and LABEL_RULES[LABEL_LISTEN][0].fullmatch(listener[:LABEL_LIMIT + 1]):
-            self.checks.prepare(functools.partial(_one_more, Path(self.mode.file.path), listener),
+            self.checks.prepare(functools.partial(_more, Path(self.mode.file.path), listener, coming),
                                 self.mode.file.path)
 
     def _next_burst(self) -> list[Wake] | None:
         """Wait for a wake-up; None once asked to stop; an empty burst when a retry is due, or after the
         idle resync time without any. Leading edge: the first wake-up after a quiet spell starts a pass at
-        once; wake-ups that come sooner than --coalesce after the last pass started wait for that long,
-        and all that arrived meanwhile make one pass (a burst gives at most one pass per --coalesce)."""
+        once; wake-ups that come sooner than --coalesce after the last pass that wrote started wait for that
+        long, and all that arrived meanwhile make one pass (a burst gives at most one write per --coalesce)."""
         burst: list[Wake] = []
         idle = self.observer.idle_resync
         wait_until = min(self.retry.due, time.monotonic() + idle if idle is not None else float("inf"))
@@ -3343,7 +3345,7 @@ class Watcher:
     def _pass(self) -> None:
         """One sync, then the running haproxy's servers brought in step with the file; a failure is said
         once and retried with backoff, the watch goes on."""
-        started = self.last_pass = time.monotonic()
+        started = time.monotonic()
         try:
             self._hand_edit()
             report, fleets = sync(self.mode, False, self.engines, self.listeners, frozenset(self.excluded),
@@ -3352,6 +3354,8 @@ class Watcher:
             reconcile(self.mode.file, self.mode.haproxy, list(fleets), self.drainer)
             self.text = report.text or self.text
             self.drainer.follow(self.mode, self.text, fleets)
+            if report.changed:
+                self.last_pass = started
         except Exception as exc:  # noqa: BLE001 (a bug or a surprise of the system must not end the watch either)
             log.debug("the pass failed", exc_info=True)
             said = str(exc) if isinstance(exc, HdcError) else f"unexpected {type(exc).__name__}: {exc}"
@@ -3475,7 +3479,7 @@ def _follow(engine: Engine, watcher: Watcher, filtered: bool) -> None:
                 if not _may_matter(event, filtered):
                     continue
                 if event.get("Type") == "container" and event.get("Action") == "create":
-                    watcher.prepare(event)  # no pass: it is not running yet
+                    watcher.prepare((event.get("Actor") or {}).get("Attributes") or {})  # no pass: not running
                     continue
                 if _leaving(event):
                     watcher.drainer.leaving(event.get("id", ""))
@@ -3511,6 +3515,7 @@ def _poll_tasks(poller: Engine, watcher: Watcher, interval: float) -> None:
     other nodes make no event here. A leaving task (desired state no longer running) is drained at once;
     a change in the running tasks asks for a pass, which uses this answer (so does the first poll)."""
     seen: frozenset[tuple[str, ...]] | None = None
+    prepared: frozenset[str] = frozenset()
     wait = interval
     while not watcher.stop.wait(wait):
         wait = interval
@@ -3518,6 +3523,7 @@ def _poll_tasks(poller: Engine, watcher: Watcher, interval: float) -> None:
             if poller.swarm_role() != "manager":
                 continue
             tasks = poller.tasks({"desired-state": list(POLLED_STATES)})
+            prepared = _prepare_coming(poller, watcher, tasks, prepared)
         except DockerError:  # the event stream reports and retries an engine that went away
             poller.forget()
             continue
@@ -3527,6 +3533,28 @@ def _poll_tasks(poller: Engine, watcher: Watcher, interval: float) -> None:
         if now != seen:
             watcher.post(TasksMoved(poller.describe(), tasks))
             seen = now
+
+
+def _prepare_coming(poller: Engine, watcher: Watcher, tasks: list[dict[str, Any]],
+                    prepared: frozenset[str]) -> frozenset[str]:
+    """Tasks on their way to running: have the validations they will need made now, per service (by its
+    labels), once per set of such tasks. Returns the tasks prepared for."""
+    coming = [t for t in tasks if t.get("DesiredState") == "running"
+              and (t.get("Status") or {}).get("State") in STARTING_STATES]
+    ids = frozenset(t["ID"] for t in coming)
+    if not ids or ids <= prepared:
+        return ids
+    services = {s["ID"]: s for s in poller.services()}
+    if any(t.get("ServiceID") not in services for t in coming):
+        poller.forget_cached()  # a new service
+        services = {s["ID"]: s for s in poller.services()}
+    per_service: dict[str, int] = {}
+    for task in coming:
+        per_service[task.get("ServiceID", "")] = per_service.get(task.get("ServiceID", ""), 0) + 1
+    for service_id, count in per_service.items():
+        labels = ((services.get(service_id) or {}).get("Spec") or {}).get("Labels") or {}
+        watcher.prepare(labels, count)
+    return ids
 
 
 def _moving(tasks: list[dict[str, Any]], drainer: Drainer) -> bool:
