@@ -85,6 +85,9 @@ RETRY_FIRST = 1.0
 RETRY_LAST = 30.0
 #: --watch: look at the config's inode, size and times this often, to notice edits by hand.
 FILE_POLL = 0.5
+#: How long an engine keeps its answer to "which container bind-mounts the config" (a watcher asks it at
+#: every write; a one-shot run asks once).
+MOUNTS_KEPT = 5.0
 #: --watch: ask haproxy this often whether a server waiting to be deleted is unused yet.
 DRAIN_POLL = 0.1
 #: --watch on a swarm manager: the tasks polled (desired to run, or to stop: leaving ones are drained),
@@ -843,6 +846,67 @@ def _without_servers(text: str) -> str:
     return re.sub(r"^[ \t]*server[ \t][^\n]*\n?", "", text, flags=re.MULTILINE)
 
 
+def listener_span(text: str, name: str, source: str) -> tuple[int, int, int]:
+    """(start, end, first line) of the `listen NAME` or `backend NAME` section in text."""
+    named = [(kind, start, end) for kind, n, start, end in sections(text) if n == name]
+    usable = [(start, end) for kind, start, end in named if kind in ("listen", "backend")]
+    if len(usable) > 1:
+        raise ConfigError(f"{source}: listener {quoted(name)} is defined {len(usable)} times; keep one")
+    if not usable and named:
+        raise ConfigError(f"{source}: {quoted(name)} is a {named[0][0]} section; -l needs a listen or backend section")
+    if not usable:
+        raise ConfigError(f"{source}: no listen or backend section named {quoted(name)}; check -l and -f")
+    (start, end), = usable
+    return start, end, text.count("\n", 0, start) + 1
+
+
+def section_servers(text: str, name: str, source: str) -> tuple[dict[str, str], str | None]:
+    """The server lines (name -> value, in file order) and the one #DOCKERSERVER template (or None) of a
+    listener, read without Augeas: what a watcher needs after each pass, in a fraction of a parse's time.
+    The values are what the lens reads (the rest of the line, trailing blanks off)."""
+    start, end, _ = listener_span(text, name, source)
+    section = text[start:end]
+    lines = {}
+    for match in SERVER_LINE.finditer(section):
+        value = match.group(2).rstrip(" \t\r")
+        lines.setdefault(server_name(value), value)
+    return lines, _section_template(section)
+
+
+def _section_template(section: str) -> str | None:
+    found = [template_of(m.group(1)) for m in TEMPLATE_LINE.finditer(section)]
+    found = [f for f in found if f]
+    return found[0] if len(found) == 1 else None
+
+
+def _simple(template: str) -> bool:
+    """Template variables in the name and address words only, the address holding the ip and the port."""
+    words = ERB_VARIABLE.sub(lambda m: "${" + m.group(1) + "}", template).split()
+    return len(words) > 1 and "$" not in " ".join(words[2:]) and "ip" in words[1] and "port" in words[1]
+
+
+def validation_key(text: str) -> str:
+    """The digest Validations knows a text by (see there)."""
+    shaped = text
+    for kind, _, start, end in reversed(sections(text)):
+        template = _section_template(text[start:end]) if kind in ("listen", "backend") else None
+        if template is None or not _simple(template):
+            continue
+        shape = template_pattern(template)
+        body = SERVER_LINE.sub(lambda m: m.group(1) + template if shape.fullmatch(m.group(2)) else m.group(0),
+                               text[start:end])
+        shaped = shaped[:start] + body + shaped[end:]
+    return hashlib.sha256(shaped.encode("latin-1", "replace")).hexdigest()
+
+
+def _name_pattern(template: str | None) -> re.Pattern[str] | None:
+    """The shape of the names the template gives servers; None without one template."""
+    try:
+        return template_pattern(template.split()[0]) if template else None
+    except (ConfigError, IndexError):
+        return None
+
+
 
 ###############################################################################
 # The Augeas edge: one listener's section edited through the lens #############
@@ -997,20 +1061,6 @@ class ConfigDoc:
         return removed[::-1]
 
 
-def listener_span(text: str, name: str, source: str) -> tuple[int, int, int]:
-    """(start, end, first line) of the `listen NAME` or `backend NAME` section in text."""
-    named = [(kind, start, end) for kind, n, start, end in sections(text) if n == name]
-    usable = [(start, end) for kind, start, end in named if kind in ("listen", "backend")]
-    if len(usable) > 1:
-        raise ConfigError(f"{source}: listener {quoted(name)} is defined {len(usable)} times; keep one")
-    if not usable and named:
-        raise ConfigError(f"{source}: {quoted(name)} is a {named[0][0]} section; -l needs a listen or backend section")
-    if not usable:
-        raise ConfigError(f"{source}: no listen or backend section named {quoted(name)}; check -l and -f")
-    (start, end), = usable
-    return start, end, text.count("\n", 0, start) + 1
-
-
 class Listener:
     """The listener's section of a config.
 
@@ -1052,14 +1102,6 @@ def _managed_pattern(listener: Listener) -> re.Pattern[str] | None:
     try:
         return template_pattern(listener.template()[1])
     except ConfigError:
-        return None
-
-
-def _name_pattern(listener: Listener) -> re.Pattern[str] | None:
-    """The shape of the names the template gives servers; None for a listener without one template."""
-    try:
-        return template_pattern(listener.template()[1].split()[0])
-    except (ConfigError, IndexError):
         return None
 
 
@@ -1266,6 +1308,7 @@ class Engine:
         self._image_ports: dict[str, tuple[int, ...]] = {}
         self._services: list[dict[str, Any]] | None = None
         self._shared: dict[str, frozenset[str] | None] = {}  # haproxy's container -> its networks
+        self._mounts: dict[str, tuple[float, str | None]] = {}  # path -> (when asked, who mounts it)
         #: (monotonic time, tasks) of a watcher's last task poll, desired state in POLLED_STATES
         self.fresh_tasks: tuple[float, list[dict[str, Any]]] = (float("-inf"), [])
 
@@ -1327,9 +1370,15 @@ class Engine:
         return self.listed
 
     def mounting(self, path: str) -> str | None:
-        """The name of a running container that mounts this host path, if any (one API call)."""
-        return next((c["Names"][0].lstrip("/") for c in self._listed({"status": ["running"]})
-                     if any(m.get("Source") == path for m in c.get("Mounts") or ())), None)
+        """The name of a running container that mounts this host path, if any: one API call, listing every
+        running container (a large answer on a busy host), so a watcher's engine keeps the answer for
+        MOUNTS_KEPT seconds."""
+        asked, answer = self._mounts.get(path, (float("-inf"), None))
+        if time.monotonic() - asked > MOUNTS_KEPT:
+            answer = next((c["Names"][0].lstrip("/") for c in self._listed({"status": ["running"]})
+                           if any(m.get("Source") == path for m in c.get("Mounts") or ())), None)
+            self._mounts[path] = (time.monotonic(), answer)
+        return answer
 
     def _listed(self, filters: dict[str, list[str]], everything: bool = False) -> list[dict[str, Any]]:
         try:
@@ -2508,32 +2557,6 @@ class Validations:
         return answer
 
 
-def validation_key(text: str) -> str:
-    """The digest Validations knows a text by (see there)."""
-    shaped = text
-    for kind, _, start, end in reversed(sections(text)):
-        template = _section_template(text[start:end]) if kind in ("listen", "backend") else None
-        if template is None or not _simple(template):
-            continue
-        shape = template_pattern(template)
-        body = SERVER_LINE.sub(lambda m: m.group(1) + template if shape.fullmatch(m.group(2)) else m.group(0),
-                               text[start:end])
-        shaped = shaped[:start] + body + shaped[end:]
-    return hashlib.sha256(shaped.encode("latin-1", "replace")).hexdigest()
-
-
-def _section_template(section: str) -> str | None:
-    found = [template_of(m.group(1)) for m in TEMPLATE_LINE.finditer(section)]
-    found = [f for f in found if f]
-    return found[0] if len(found) == 1 else None
-
-
-def _simple(template: str) -> bool:
-    """Template variables in the name and address words only, the address holding the ip and the port."""
-    words = ERB_VARIABLE.sub(lambda m: "${" + m.group(1) + "}", template).split()
-    return len(words) > 1 and "$" not in " ".join(words[2:]) and "ip" in words[1] and "port" in words[1]
-
-
 def _write(file: FileOptions, options: HaproxyOptions, report: Report, edits: dict[str, Edit], engine: Engine,
            skip: bool = False, drainer: Drainer | None = None, checks: Validations | None = None) -> Report:
     """Edit listeners under the lock, all in one text: one validation, one write, at most one restart,
@@ -2592,13 +2615,14 @@ def reconcile(file: FileOptions, options: HaproxyOptions, listeners: list[str], 
             return
         for name in listeners:
             with contextlib.suppress(ConfigError):  # a listener the file lacks: the pass said so
-                _reconcile_listener(runtime, Listener(text, name, file.path), name, drainer)
+                _reconcile_listener(runtime, *section_servers(text, name, file.path), name, drainer)
     except RuntimeUnavailable:
         return  # the watcher's liveness check says it
 
 
-def _reconcile_listener(runtime: Runtime, listener: Listener, backend: str, drainer: Drainer) -> None:
-    lines, live = _server_lines(listener), runtime.servers(backend)
+def _reconcile_listener(runtime: Runtime, lines: dict[str, str], template: str | None, backend: str,
+                        drainer: Drainer) -> None:
+    live = runtime.servers(backend)
     for name, line in lines.items():
         if name not in live or _address_differs(server_address(line), live[name]) or \
                 (backend, name) in drainer.disabled:
@@ -2607,7 +2631,7 @@ def _reconcile_listener(runtime: Runtime, listener: Listener, backend: str, drai
             except HaproxyError as exc:
                 log.warning("warning: %s; server %s of the file waits for a reload of haproxy", exc, name,
                             extra={"once": ("reconcile", backend, line)})
-    shape = _name_pattern(listener)
+    shape = _name_pattern(template)
     for name in (n for n in live if n not in lines and shape is not None and shape.fullmatch(n)):
         drainer.remove(backend, name)
 
@@ -3130,10 +3154,12 @@ class Drainer:
         self.address = _runtime_address(mode.haproxy, global_settings(text))
         servers_of: dict[str, list[tuple[str, str]]] = {}
         for listener, fleet in fleets.items():
+            by_alias = {alias: c.id for c in fleet.selected for alias in c.aliases}
             with contextlib.suppress(ConfigError):
-                for name in _server_lines(Listener(text, listener, mode.file.path)):
-                    for container in (c for c in fleet.selected if is_backed(name, [c])):
-                        servers_of.setdefault(container.id, []).append((listener, name))
+                for name in section_servers(text, listener, mode.file.path)[0]:
+                    cid = by_alias.get(name) or by_alias.get(name[:12], "")
+                    if cid and (name in by_alias or id_prefix(name, cid)):
+                        servers_of.setdefault(cid, []).append((listener, name))
         self.servers_of = servers_of
 
     def leaving(self, cid: str) -> None:
