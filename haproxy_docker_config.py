@@ -3963,8 +3963,8 @@ def build_parser() -> _Parser:
                    help=f"On live delete, wait this long for the server's sessions to end "
                         f"(default {DEFAULT_DRAIN_TIMEOUT:g})")
     p.add_argument("--coalesce", metavar="SECONDS", type=_seconds, default=DEFAULT_COALESCE,
-                   help=f"--watch: after an event, gather the events of this long into one change "
-                        f"(default {DEFAULT_COALESCE:g}; changes land within about this plus a second's work)")
+                   help=f"--watch: at most one write per this many seconds; an event after a quiet spell is "
+                        f"handled at once, the events of a burst make one change (default {DEFAULT_COALESCE:g})")
     p.add_argument("--metrics", metavar="ADDR:PORT",
                    help="--watch: serve Prometheus metrics at http://ADDR:PORT/metrics and /healthz (200 while "
                         "every engine was synced within --coalesce + 30 s, else 503); needs "
