@@ -36,6 +36,7 @@ from pathlib import Path
 import docker
 import docker.errors
 
+import provenance
 from load import CLI, IMAGE, Load, Outcome, background, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -263,10 +264,8 @@ MATRIX = [(None, False, 60, True), (None, False, 100, False), (None, True, 100, 
           ("hdc-haproxy:3.2", True, 100, False)]
 
 
-def write_matrix(out: Path, old_tool: str) -> None:
+def write_matrix(out: Path, old_tool: str, measured_at: str) -> None:
     """Run every row of MATRIX (one app stopped at a time) and write out/churn.md."""
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
     rows = []
     for image, retries, stops, old in MATRIX:
         result = run(stops, retries, image, old_tool if old else None)
@@ -276,8 +275,8 @@ def write_matrix(out: Path, old_tool: str) -> None:
                     f"{'0.1.0 (old delete)' if old else 'this one'} | {result.stops} | {died} | "
                     f"{result.failures} of {result.requests} | {result.per_stop:.2f} |")
     text = (f"Churn: apps that exit at once on SIGTERM\n========================================\n\n"
-            f"`bench/churn.py --matrix` on git {commit} ({time.strftime('%Y-%m-%d')}, "
-            f"{os.cpu_count()} cores): {__doc__.split(chr(10))[0]}\n\n"
+            f"`.venv/bin/python bench/churn.py --matrix OLD_MODULE` ({time.strftime('%Y-%m-%d')}, "
+            f"{os.cpu_count()} cores): {__doc__.split(chr(10))[0]}\n\n- measured at commit: {measured_at}\n\n"
             "Each row: a haproxy of its own, `--watch -l LISTENER`, 4 apps (hdc-test-httpd with HDC_GRACE=0) "
             "serving, four clients sending one request per new connection all the time; each stop starts a "
             "new app and stops the oldest (`docker stop`), 0.3 s apart. Failed requests are counted from the "
@@ -300,9 +299,14 @@ def main() -> None:
                         help="run every row of docs/churn.md (OLD_MODULE: the 0.1.0 release's module file, "
                              "e.g. from git show 333a238:haproxy_docker_config.py) and write it")
     parser.add_argument("--out", type=Path, default=ROOT / "docs", help="where --matrix writes churn.md")
+    provenance.add_argument(parser)
     args = parser.parse_args()
     if args.matrix:
-        write_matrix(args.out, args.matrix)
+        try:
+            measured_at = provenance.commit("churn.py", args.allow_dirty)
+        except provenance.DirtyTree as exc:
+            raise SystemExit(f"churn: {exc}") from None
+        write_matrix(args.out, args.matrix, measured_at)
         return
     result = run(args.stops, args.retries, args.image, args.tool, args.interval, parallel=args.parallel)
     print(line(result))
