@@ -23,9 +23,11 @@ cd "$ROOT"
 #   man                                man-db (the man page test renders the page with man)
 #   systemd-analyze                    systemd (only for `systemd-analyze verify` of examples/host's unit;
 #                                      nothing is started: where systemd is not PID 1 it stays unused)
+#   git                                git (bench/provenance.py and tests/test_docs.py: the commit a figure was measured on)
+#   openssl                            openssl (the TLS tests make their own CA and certificates)
 APT_PACKAGES=(haproxy libaugeas0 libaugeas-dev pkg-config docker.io busybox-static iproute2 procps
               python3-venv python3-dev gcc curl mmdebstrap debian-archive-keyring docker-compose zsh man-db
-              systemd)
+              systemd git openssl)
 
 log() { echo "setup: $*"; }
 
