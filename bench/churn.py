@@ -276,7 +276,7 @@ def write_matrix(out: Path, old_tool: str, measured_at: str) -> None:
                     f"{result.failures} of {result.requests} | {result.per_stop:.2f} |")
     text = (f"Churn: apps that exit at once on SIGTERM\n========================================\n\n"
             f"`.venv/bin/python bench/churn.py --matrix OLD_MODULE` ({time.strftime('%Y-%m-%d')}, "
-            f"{os.cpu_count()} cores): {__doc__.split(chr(10))[0]}\n\n- measured at commit: {measured_at}\n\n"
+            f"{os.cpu_count()} cores): {' '.join(__doc__.split(chr(10) * 2)[0].split())}\n\n- measured at commit: {measured_at}\n\n"
             "Each row: a haproxy of its own, `--watch -l LISTENER`, 4 apps (hdc-test-httpd with HDC_GRACE=0) "
             "serving, four clients sending one request per new connection all the time; each stop starts a "
             "new app and stops the oldest (`docker stop`), 0.3 s apart. Failed requests are counted from the "
