@@ -173,6 +173,16 @@ WILDCARD_IPS = ("", "0.0.0.0", "::")
 LABEL_LISTEN = "haproxy-docker-config.listen"
 LABEL_PORT = "haproxy-docker-config.port"
 LABEL_NETWORK = "haproxy-docker-config.network"
+LABEL_HOST = "haproxy-docker-config.host"
+LABEL_PATH = "haproxy-docker-config.path"
+LABEL_WEIGHT = "haproxy-docker-config.weight"
+LABEL_BACKUP = "haproxy-docker-config.backup"
+LABEL_MAXCONN = "haproxy-docker-config.maxconn"
+#: Every label of the tool starts so; one it does not know is a typo, and its app is skipped.
+LABEL_PREFIX = "haproxy-docker-config."
+#: A host name as a route takes it: DNS labels of letters, digits and '-', joined by '.'; `*.` in front
+#: for a wildcard (one more label, as in a TLS certificate).
+_HOST = r"(?:\*\.)?[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
 #: Longest label value of the tool's read: longer ones are refused before any other look at them.
 LABEL_LIMIT = 255
 #: How much of a value a message quotes (the rest is counted).
@@ -185,7 +195,29 @@ LABEL_RULES = {
                                      "(letters, digits, '_', '.', ':', '-')", ""),
     "haproxy-docker-config.network": (re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*"), "a Docker network name or id",
                                       " or give --network"),
+    "haproxy-docker-config.host": (re.compile(rf"{_HOST}(?: *, *{_HOST})*"), "host names separated by commas "
+                                   "(letters, digits, '-', '.'; '*.' in front for a wildcard)", ""),
+    "haproxy-docker-config.path": (re.compile(r"/[A-Za-z0-9._~!&()*+=:@%/,-]*"), "a path prefix starting with "
+                                   "'/' (no spaces, no '#', ';', '?', quotes or '$')", ""),
+    "haproxy-docker-config.weight": (re.compile(r"[0-9]{1,3}"), "a weight in 0..256", ""),
+    "haproxy-docker-config.backup": (re.compile(r"true|false"), "true or false", ""),
+    "haproxy-docker-config.maxconn": (re.compile(r"[0-9]{1,6}"), "a maxconn in 0..999999", ""),
 }
+#: The labels that become words of the app's server line: label -> haproxy's keyword.
+SERVER_OPTION_LABELS = {LABEL_WEIGHT: "weight", LABEL_MAXCONN: "maxconn", LABEL_BACKUP: "backup"}
+#: What those words look like at the end of a server line the tool wrote.
+SERVER_OPTIONS = r"(?:\s+(?:weight\s+[0-9]+|maxconn\s+[0-9]+|backup))*"
+#: `#DOCKERROUTES [MAP]` in the frontend that routes by host and path; MAP is the map file's path as
+#: haproxy reads it (default: docker-routes.map beside the config).
+ROUTES_MARK = re.compile(r"^([ \t]*)#[ \t]*DOCKERROUTES(?:[ \t]+([^ \t\r\n]+))?[ \t]*\r?$", re.MULTILINE)
+DEFAULT_MAP = "docker-routes.map"
+MAP_PATH = re.compile(r"[A-Za-z0-9_./-]+")
+#: The backend that new route backends are made from carries `#DOCKERBACKEND`; those made carry
+#: `#DOCKERCREATED`, by which the tool knows them as its own to refresh and remove.
+BACKEND_TEMPLATE_MARK = re.compile(r"^[ \t]*#[ \t]*DOCKERBACKEND(?=\s|$)", re.MULTILINE)
+CREATED_MARK = re.compile(r"^[ \t]*#[ \t]*DOCKERCREATED(?=\s|$)", re.MULTILINE)
+#: The lines the tool writes after #DOCKERROUTES: every one of them names a txn.hdc_ variable.
+ROUTE_LINE = re.compile(r"[ \t]*(?:http-request|use_backend)[ \t][^\r\n]*txn\.hdc_[^\r\n]*\r?\n?")
 #: The label Docker gives the container of a swarm task.
 TASK_LABEL = "com.docker.swarm.task.id"
 #: Docker's own networks; every other network is user-defined (`docker network create`, Compose).
@@ -553,10 +585,41 @@ def label_value(container: Container, key: str) -> str | None:
         return None
     what, ref = _subject(container)
     pattern, wanted, fix = LABEL_RULES[key]
-    if len(value) <= LABEL_LIMIT and pattern.fullmatch(value) and (key != LABEL_PORT or is_port(value)):
+    if len(value) <= LABEL_LIMIT and pattern.fullmatch(value) and _in_range(key, value):
         return value
     raise LabelError(f"{what} has label {key}={quoted(value)}, which is not {wanted}; fix the label"
                      + (f" or give {ref}:PORT" if key == LABEL_PORT else fix), key=(container.id, key))
+
+
+def _in_range(key: str, value: str) -> bool:
+    return is_port(value) if key == LABEL_PORT else int(value) <= 256 if key == LABEL_WEIGHT else True
+
+
+def check_labels(container: Container) -> None:
+    """LabelError for the first of the tool's labels that is malformed or unknown (a typo such as
+    `haproxy-docker-config.wieght` would otherwise be silently ignored)."""
+    for key in sorted(k for k in container.labels if k.startswith(LABEL_PREFIX)):
+        if key not in LABEL_RULES:
+            what = _subject(container)[0]
+            known = ", ".join(k.removeprefix(LABEL_PREFIX) for k in LABEL_RULES)
+            raise LabelError(f"{what} has label {quoted(key)}, which the tool does not know; use one of "
+                             f"{LABEL_PREFIX}{{{known}}}", key=(container.id, key))
+        label_value(container, key)
+    if LABEL_PATH in container.labels and LABEL_HOST not in container.labels:
+        raise LabelError(f"{_subject(container)[0]} has label {LABEL_PATH} but no {LABEL_HOST}; a path routes "
+                         f"only under a host: add {LABEL_HOST}=NAME", key=(container.id, LABEL_PATH))
+
+
+def server_options(container: Container) -> str:
+    """The words its labels add to an app's server line (`weight 5 maxconn 100 backup`), checked."""
+    words = []
+    for key, keyword in SERVER_OPTION_LABELS.items():
+        value = label_value(container, key)
+        if key == LABEL_BACKUP:
+            words += [keyword] if value == "true" else []
+        elif value is not None:
+            words += [keyword, str(int(value))]
+    return " ".join(words)
 
 
 def chosen_port(container: Container, given: int | None) -> int | None:
@@ -789,7 +852,7 @@ def template_pattern(template: str) -> re.Pattern[str]:
     pattern = r"\s+".join(re.escape(word) for word in words)
     for name, mark in marks.items():
         pattern = pattern.replace(re.escape(mark), VARIABLE_PATTERNS[name])
-    return re.compile(pattern)
+    return re.compile(pattern + SERVER_OPTIONS)
 
 
 def _words(line: str) -> list[str]:
@@ -833,12 +896,28 @@ class LivePlan:
     upserts: list[str]  # server lines to add or update
     removals: list[str]  # server names to remove
     kept: frozenset[str]  # the names the file holds after the change
+    before: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> line, of those updated
 
 
 def live_changes(before: dict[str, str], after: dict[str, str]) -> LivePlan:
     """The live plan between two server sets (name -> line) of a listener."""
     upserts = [line for name, line in after.items() if before.get(name) != line]
-    return LivePlan(upserts, [name for name in before if name not in after], frozenset(after))
+    return LivePlan(upserts, [name for name in before if name not in after], frozenset(after),
+                    {name: before[name] for name in map(server_name, upserts) if name in before})
+
+
+def option_changes(old: str, new: str) -> tuple[list[str], bool]:
+    """What changed of the labels' server options between two lines of one server: the Runtime API
+    commands' words for weight and maxconn, and whether `backup` changed (which only a reload applies)."""
+    def options(line: str) -> dict[str, str]:
+        words = _words(line)
+        found = {w: words[i + 1] for i, w in enumerate(words[:-1]) if w in ("weight", "maxconn")}
+        return found | ({"backup": ""} if "backup" in words[2:] else {})
+
+    was, now = options(old), options(new)
+    asks = [f"{key} {now.get(key, '1' if key == 'weight' else '0')}" for key in ("weight", "maxconn")
+            if was.get(key) != now.get(key)]
+    return asks, ("backup" in was) != ("backup" in now)
 
 
 def _without_servers(text: str) -> str:
@@ -905,6 +984,234 @@ def _name_pattern(template: str | None) -> re.Pattern[str] | None:
         return template_pattern(template.split()[0]) if template else None
     except (ConfigError, IndexError):
         return None
+
+
+
+###############################################################################
+# Routes: host names and paths from labels, the map and the sections they need #
+###############################################################################
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    """One host (exact or `*.` wildcard) and path prefix, sent to one backend."""
+
+    host: str  # lower case
+    path: str  # a prefix; "/" when the app gave none
+    backend: str
+
+    @property
+    def key(self) -> str:
+        """The map's key: what the frontend's lookup begins with (`shop.example.com/api`, `.example.com/`)."""
+        return self.host.removeprefix("*") + self.path
+
+    def rank(self) -> tuple[bool, int, str, str]:
+        """Precedence, most specific first: exact hosts before wildcards, longer paths before shorter."""
+        return self.host.startswith("*."), -len(self.path), self.host, self.path
+
+
+def backend_for_host(host: str) -> str:
+    """The backend a route gets without a listen label: its first host, which is a valid haproxy name
+    (letters, digits, '-', '.'), `*.` of a wildcard spelled `wildcard.`."""
+    return "wildcard" + host[1:] if host.startswith("*.") else host
+
+
+def container_routes(container: Container) -> list[Route]:
+    """The routes the labels of a container (or service) ask for; LabelError when one is malformed."""
+    hosts = label_value(container, LABEL_HOST)
+    if hosts is None:
+        return []
+    names = list(dict.fromkeys(h.strip().lower() for h in hosts.split(",")))
+    path = label_value(container, LABEL_PATH) or "/"
+    backend = label_value(container, LABEL_LISTEN) or backend_for_host(names[0])
+    return [Route(host, path, backend) for host in names]
+
+
+def route_table(claims: list[tuple[Route, str]]) -> list[Route]:
+    """The routes in precedence order, from (route, who asks for it). Two backends claiming the same
+    host and path: the backend whose name sorts first wins, and a warning names both."""
+    by_key: dict[str, dict[str, tuple[Route, str]]] = {}
+    for route, who in claims:
+        by_key.setdefault(route.key, {}).setdefault(route.backend, (route, who))
+    table = []
+    for key, backends in by_key.items():
+        winner = min(backends)
+        for loser in sorted(backends)[1:]:
+            log.warning("warning: %s and %s both route %s%s (backends %s and %s); backend %s gets it (the name "
+                        "that sorts first): give one of them another host or path", backends[winner][1],
+                        backends[loser][1], backends[winner][0].host, backends[winner][0].path, winner, loser,
+                        winner, extra={"once": ("route", key, winner, loser)})
+        table.append(backends[winner][0])
+    return sorted(table, key=Route.rank)
+
+
+def map_text(routes: list[Route]) -> str:
+    """The map file: one `KEY BACKEND` line per route, in precedence order (map_beg takes the first match)."""
+    head = "# haproxy-docker-config: the routes of #DOCKERROUTES, most specific first; rewritten on every change\n"
+    return head + "".join(f"{r.key} {r.backend}\n" for r in routes)
+
+
+def map_entries(text: str) -> list[tuple[str, str]]:
+    """(key, backend) of a map file's text or of `show map`'s answer (whose lines start with an id)."""
+    entries = []
+    for line in text.splitlines():
+        words = line.split()
+        if words and words[0].startswith("0x"):
+            words = words[1:]
+        if len(words) >= 2 and not words[0].startswith("#"):
+            entries.append((words[0], words[1]))
+    return entries
+
+
+@dataclasses.dataclass(frozen=True)
+class RoutesMark:
+    """The `#DOCKERROUTES` line of the config: the section that routes, and its map file."""
+
+    section: str
+    map_ref: str  # the map's path as haproxy reads it (in the config, and on the Runtime API)
+    map_file: Path  # where the tool writes it: the ref's file name, beside the config
+
+
+def routes_mark(text: str, config: Path, source: str) -> RoutesMark | None:
+    """The one #DOCKERROUTES line, in a frontend or listen section; None when the config has none."""
+    found = [(kind, name, m) for kind, name, start, end in sections(text)
+             for m in ROUTES_MARK.finditer(text, start, end)]
+    if not found:
+        return None
+    if len(found) > 1:
+        raise ConfigError(f"{source} has {len(found)} #DOCKERROUTES lines; keep one, in the frontend that routes")
+    (kind, name, match), = found
+    if kind not in ("frontend", "listen"):
+        raise ConfigError(f"{source}: #DOCKERROUTES is in the {kind} section {name}; put it in a frontend")
+    ref = match.group(2) or str(config.parent / DEFAULT_MAP)
+    if not MAP_PATH.fullmatch(ref) or not ref.startswith("/"):
+        raise ConfigError(f"{source}: #DOCKERROUTES {quoted(ref)} is no absolute map path; give one of letters, "
+                          f"digits, '_', '.', '/', '-', such as /etc/haproxy/{DEFAULT_MAP}")
+    return RoutesMark(name, ref, config.parent / Path(ref).name)
+
+
+def route_lines(ref: str, indent: str, newline: str) -> str:
+    """What the tool writes after #DOCKERROUTES: the request's host (lower case, without its port) and
+    path in two variables, looked up in the map as `host/path`, then as `.domain/path` for wildcards."""
+    key = "var(txn.hdc_host),concat(,txn.hdc_path)"
+    wild = "var(txn.hdc_host),regsub(^[^.]*,),concat(,txn.hdc_path)"
+    lines = ["http-request set-var(txn.hdc_host) req.hdr(host),field(1,:),lower",
+             "http-request set-var(txn.hdc_path) path"]
+    lines += [f"use_backend %[{k},map_beg({ref})] if {{ {k},map_beg({ref}) -m found }}" for k in (key, wild)]
+    return "".join(indent + line + newline for line in lines)
+
+
+def with_route_lines(text: str, mark: RoutesMark) -> str:
+    """The config with the tool's lines right after #DOCKERROUTES (those there before replaced)."""
+    match = ROUTES_MARK.search(text)
+    assert match is not None
+    after = text.index("\n", match.start()) + 1 if "\n" in text[match.start():] else len(text)
+    end = after
+    while (line := ROUTE_LINE.match(text, end)) and line.end() > end:
+        end = line.end()
+    newline = "\r\n" if match.group(0).endswith("\r") else "\n"
+    head = text[:after] if after > match.end() else text + newline
+    return head + route_lines(mark.map_ref, match.group(1) or "    ", newline) + text[end:]
+
+
+def _content_end(text: str, start: int, end: int) -> int:
+    """Where a section's last line that is not blank or a comment ends (its #DOCKERSERVER line counts):
+    what follows belongs to whatever the next section is, for the reader."""
+    last = start
+    for match in re.finditer(r"^([^\n]*)(\n|$)", text[start:end], re.MULTILINE):
+        stripped = match.group(1).strip()
+        if stripped and (not stripped.startswith("#") or TEMPLATE_MARK.match(stripped.lstrip("#").strip())):
+            last = start + match.end()
+    return last
+
+
+def backend_template(text: str, source: str) -> tuple[str, str] | None:
+    """(name, body) of the backend marked #DOCKERBACKEND: what a created backend is made of, its mark and
+    its server lines left out; None when there is none."""
+    found = [(name, start, end) for kind, name, start, end in sections(text)
+             if kind == "backend" and BACKEND_TEMPLATE_MARK.search(text, start, end)]
+    if len(found) > 1:
+        raise ConfigError(f"{source} has {len(found)} backends marked #DOCKERBACKEND; keep one template")
+    if not found:
+        return None
+    (name, start, end), = found
+    section = text[start:_content_end(text, start, end)]
+    body = section.split("\n", 1)[1] if "\n" in section else ""
+    lines = [line for line in body.splitlines(keepends=True)
+             if line.strip() and not BACKEND_TEMPLATE_MARK.match(line) and not SERVER_LINE.match(line)]
+    return name, "".join(lines)
+
+
+def created_section(name: str, template: tuple[str, str], newline: str = "\n") -> str:
+    """A backend made for routes: the template's body under a #DOCKERCREATED line saying whose it is."""
+    mark = (f"    #DOCKERCREATED by haproxy-docker-config from backend {template[0]} for the routes of its "
+            f"containers; removed when none is left{newline}")
+    body = template[1] if template[1].endswith("\n") or not template[1] else template[1] + newline
+    return f"backend {name}{newline}{mark}{body}"
+
+
+@dataclasses.dataclass
+class RouteChange:
+    """What a pass changes of the routing: the config text and the map, old and new."""
+
+    mark: RoutesMark
+    routes: list[Route]
+    old_map: str | None  # None: there was no map file
+    new_map: str
+    created: list[str] = dataclasses.field(default_factory=list)
+    refreshed: list[str] = dataclasses.field(default_factory=list)
+    removed: list[str] = dataclasses.field(default_factory=list)
+    lines_changed: bool = False
+
+    @property
+    def map_changed(self) -> bool:
+        return self.old_map != self.new_map
+
+    @property
+    def needs_reload(self) -> bool:
+        """Sections made, changed or removed, or the frontend's lines changed: only a reload applies them."""
+        return bool(self.created or self.refreshed or self.removed or self.lines_changed)
+
+
+def route_config(text: str, mark: RoutesMark, routes: list[Route], source: str,
+                 old_map: str | None) -> tuple[str, RouteChange, list[Route]]:
+    """The config with the frontend's lines and the backends the routes need: a backend the file lacks is
+    made from the #DOCKERBACKEND template, one made earlier that no route names is removed, one made
+    from an older template is made again. A route to a backend the file lacks, with no template, is
+    dropped with a warning. Returns the text, the change and the routes that are served."""
+    new = with_route_lines(text, mark)
+    change = RouteChange(mark, [], old_map, "", lines_changed=new != text)
+    template = backend_template(new, source)
+    wanted = {r.backend for r in routes}
+    newline = "\r\n" if "\r\n" in text else "\n"
+    for kind, name, start, end in reversed(sections(new)):
+        if kind != "backend" or not CREATED_MARK.search(new, start, end):
+            continue
+        stop = _content_end(new, start, end)
+        if name not in wanted or template is None:
+            new = new[:start] + new[stop:]
+            change.removed.append(name)
+        elif _without_servers(new[start:stop]) != _without_servers(created_section(name, template, newline)):
+            new = new[:start] + created_section(name, template, newline) + new[stop:]
+            change.refreshed.append(name)
+    present = {name for kind, name, _, _ in sections(new) if kind in ("backend", "listen")}
+    served = []
+    for route in routes:
+        if route.backend in present:
+            served.append(route)
+        elif template is not None:
+            new = (new if new.endswith("\n") or not new else new + newline) + created_section(route.backend, template,
+                                                                                               newline)
+            present.add(route.backend)
+            change.created.append(route.backend)
+            served.append(route)
+        else:
+            log.warning("warning: the route %s%s needs backend %s, which %s lacks; write it, or a template "
+                        "backend holding a #DOCKERBACKEND line; route skipped", route.host, route.path,
+                        route.backend, source, extra={"once": ("no backend", route.backend)})
+    change.removed = [n for n in change.removed if n not in change.created]
+    change.routes, change.new_map = served, map_text(served)
+    return new, change, served
 
 
 
@@ -2006,6 +2313,22 @@ class Runtime:
         that point at it, connections."""
         return bool(self.sessions(backend, name) or self.streams(backend, name) or self.connections(backend, name))
 
+    def map(self, ref: str) -> list[tuple[str, str]]:
+        """The entries of a map as haproxy runs it, in its order."""
+        answer = self.ask(f"show map {ref}")
+        if answer.startswith(("Unknown map", "Missing map")):
+            raise HaproxyError(f"haproxy has no map {ref}: {answer.splitlines()[0]}")
+        return map_entries(answer)
+
+    def replace_map(self, ref: str, entries: list[tuple[str, str]]) -> None:
+        """Make a map hold these entries, in this order, at once: a new version is filled, then committed
+        (`prepare map`, `add map @V`, `commit map @V`), so no request sees it half made."""
+        answer = self.ask(f"prepare map {ref}", "New version created:")
+        version = answer.rsplit(":", 1)[1].strip()
+        for key, value in entries:
+            self.ask(f"add map @{version} {ref} {key} {value}", "")
+        self.ask(f"commit map @{version} {ref}", "")
+
     def process(self) -> str:
         """The pid the stats socket's haproxy gives in `show info` (RuntimeUnavailable when none answers)."""
         match = re.search(r"^Pid:[ \t]*(\d+)", self._exchange("show info"), re.MULTILINE)
@@ -2018,7 +2341,7 @@ def apply_live(runtime: Runtime, backend: str, plan: LivePlan, drain: float, dra
     here (at most `drain` seconds)."""
     live = runtime.servers(backend)
     for line in plan.upserts:
-        _upsert_live(runtime, backend, line, live, drainer)
+        _upsert_live(runtime, backend, line, live, drainer, plan.before.get(server_name(line)))
     for name in plan.removals:
         if name in live and drainer is not None:
             drainer.remove(backend, name)
@@ -2029,11 +2352,19 @@ def apply_live(runtime: Runtime, backend: str, plan: LivePlan, drain: float, dra
 
 
 def _upsert_live(runtime: Runtime, backend: str, line: str, live: dict[str, tuple[str, int]],
-                 drainer: Drainer | None = None) -> None:
+                 drainer: Drainer | None = None, old: str | None = None) -> None:
     name, *words = line.split("#", 1)[0].split()
     target = f"{backend}/{name}"
     ip, port = split_address(words[0]) if words else (None, None)
     if name in live:
+        asks, backup = option_changes(old or line, line)
+        if backup:
+            raise HaproxyError(f"server {target} became or stopped being a backup, which haproxy takes only "
+                               f"from its config")
+        for ask in asks:  # "weight 5" -> set server B/S weight 5; "maxconn 10" -> set maxconn server B/S 10
+            key, value = ask.split()
+            runtime.ask(f"set server {target} weight {value}" if key == "weight" else
+                        f"set maxconn server {target} {value}", "")
         if live[name] != (ip, port):
             runtime.ask(f"set server {target} addr {ip} port {port}", "IP changed", "no need to change")
             if "check" in words[1:]:  # the health seen at the old address says nothing of the new one
@@ -2175,6 +2506,8 @@ class Report:
     restarted: bool = False
     runtime: str | None = None
     servers: list[str] | None = None
+    #: the routes of #DOCKERROUTES as the run left them (host, path, backend, key), when the config has them
+    routes: list[dict[str, str]] | None = None
     diff: str | None = None
     #: the config as the run left it (not in the JSON/YAML document): a watcher tells hand edits by it
     text: str | None = dataclasses.field(default=None, metadata={"internal": True})
@@ -2187,6 +2520,7 @@ class Report:
         self.runtime = part.runtime or self.runtime
         self.diff = (self.diff or "") + part.diff if part.diff else self.diff
         self.text = part.text or self.text
+        self.routes = self.routes if part.routes is None else part.routes
 
     @property
     def status(self) -> int:
@@ -2349,6 +2683,7 @@ class Commit:
     report: Report
     drainer: Drainer | None = None  # a watcher's: deletes happen off the pass
     checks: Validations | None = None  # a watcher's: what haproxy -c said before
+    routes: RouteChange | None = None  # the map and sections of #DOCKERROUTES, when they change
 
     def __post_init__(self) -> None:
         self.target = Path(os.path.realpath(self.file.path))
@@ -2364,12 +2699,22 @@ class Commit:
                 draining.enter_context(self._draining_first(name, plan.removals))
             engine = None if self.file.dry_run else self.engine
             asked = pool.submit(in_place_reason, self.target, self.file.write_in_place, engine)
-            self.replace(self.new, self.old, self.checker, asked.result)
+            with self._new_map() as new_map:
+                if self.new != self.old:
+                    self.replace(self.new, self.old, self.checker, asked.result, new_map)
+                if new_map is not None and not self.file.dry_run:
+                    os.replace(new_map, self.routes.mark.map_file)  # type: ignore[union-attr]
+                    log.info("wrote the map %s", self.routes.mark.map_file)  # type: ignore[union-attr]
         if self.file.dry_run:
             return
         in_place = asked.result()
         try:
-            if not self.apply_live():
+            if self.routes is not None and self.routes.needs_reload:
+                self.report.restarted = self.reload()
+                if not self.report.restarted:
+                    log.warning("warning: %s changed sections for its routes (%s), which haproxy reads only when "
+                                "it reloads: reload haproxy, or give -h or -r", self.file.path, self._sections())
+            elif not self.apply_live():
                 self.report.restarted = self.reload()
         except HaproxyError as exc:
             if self.checker is not None:
@@ -2377,6 +2722,28 @@ class Commit:
             self.replace(self.old, self.new, None, lambda: in_place)
             raise HaproxyError(f"{exc}; the change was not validated, so the previous {self.file.path} "
                                f"is restored", exc.details) from exc
+
+    def _sections(self) -> str:
+        routes = self.routes
+        assert routes is not None
+        said = [f"made {', '.join(routes.created)}"] if routes.created else []
+        said += [f"made again {', '.join(routes.refreshed)}"] if routes.refreshed else []
+        said += [f"removed {', '.join(routes.removed)}"] if routes.removed else []
+        return "; ".join(said) or "the lines after #DOCKERROUTES"
+
+    @contextlib.contextmanager
+    def _new_map(self) -> Iterator[Path | None]:
+        """The new map file, written beside the config (where the candidate's validation reads it), to be
+        renamed into place once the config is; removed if it is not."""
+        if self.routes is None or not self.routes.map_changed:
+            yield None
+            return
+        temp = _write_beside(self.target, self.routes.new_map.encode("latin-1"), ".map.tmp")
+        try:
+            yield temp
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
 
     @contextlib.contextmanager
     def _draining_first(self, backend: str, names: list[str]) -> Iterator[None]:
@@ -2397,14 +2764,20 @@ class Commit:
             raise
 
     def replace(self, text: str, backup: str, checker: HostHaproxy | ContainerHaproxy | None,
-                why_in_place: Callable[[], str | None]) -> None:
+                why_in_place: Callable[[], str | None], new_map: Path | None = None) -> None:
         """Validate `text` beside the target, keep `backup` as the .bak, then rename it over the target
-        (or rewrite the target in place, when a rename would not reach its readers)."""
+        (or rewrite the target in place, when a rename would not reach its readers). With `new_map`, the
+        text validated reads that map instead of the one in place."""
         target, shown = self.target, self.file.path
         candidate = _write_beside(target, text.encode("latin-1"), ".tmp")
+        checked = candidate
         try:
+            if checker and new_map is not None and self.routes is not None:
+                ref = self.routes.mark.map_ref
+                swapped = text.replace(f"map_beg({ref})", f"map_beg({Path(ref).parent / new_map.name})")
+                checked = _write_beside(target, swapped.encode("latin-1"), ".check.tmp")
             if checker:
-                _validate(checker, candidate, target, shown, self.checks, (text, backup))
+                _validate(checker, checked, target, shown, self.checks, (text, backup))
             if self.file.dry_run:
                 log.info("dry run: %s not written", shown)
                 return
@@ -2421,8 +2794,9 @@ class Commit:
             how = f"in place, because {in_place}" if in_place else "by atomic rename"
             log.info("wrote %s %s (previous version in %s.bak)", shown, how, target.name)
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(candidate)
+            for temp in {candidate, checked}:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temp)
 
     def apply_live(self) -> bool:
         """Apply each listener's plan through the Runtime API when there is an admin stats socket and the
@@ -2442,6 +2816,8 @@ class Commit:
         try:
             for name, plan in self.plans.items():
                 apply_live(runtime, name, plan, self.options.drain_timeout, self.drainer)
+            if self.routes is not None and self.routes.map_changed:
+                runtime.replace_map(self.routes.mark.map_ref, map_entries(self.routes.new_map))
             _still_the_same(runtime, pid)
         except RuntimeUnavailable as exc:
             raise HaproxyDied(f"haproxy (pid {pid or '?'}) stopped answering on {self.address} while the change "
@@ -2557,11 +2933,16 @@ class Validations:
         return answer
 
 
+Routing = Callable[[str], tuple[str, "RouteChange | None"]]
+
+
 def _write(file: FileOptions, options: HaproxyOptions, report: Report, edits: dict[str, Edit], engine: Engine,
-           skip: bool = False, drainer: Drainer | None = None, checks: Validations | None = None) -> Report:
+           skip: bool = False, drainer: Drainer | None = None, checks: Validations | None = None,
+           routing: Routing | None = None, optional: frozenset[str] = frozenset()) -> Report:
     """Edit listeners under the lock, all in one text: one validation, one write, at most one restart,
-    and only when the bytes really changed. With `skip`, a listener the config lacks (or with no
-    template) is skipped with a warning instead of stopping the others."""
+    and only when the bytes (of the config or of the routes' map) really changed. With `skip`, a
+    listener the config lacks (or with no template) is skipped with a warning instead of stopping the
+    others; one in `optional` (no container names it) quietly. `routing` first puts in the routes."""
     path = Path(file.path)
     target = Path(os.path.realpath(path))
     haproxy = _haproxy(options, file.validate, engine)
@@ -2571,7 +2952,11 @@ def _write(file: FileOptions, options: HaproxyOptions, report: Report, edits: di
         if not os.access(target, os.W_OK):
             raise ConfigError(f"{path} is read-only; make it writable or run as a user who may write it")
         new, changes, listener = old, {}, None
+        new, routed = routing(old) if routing else (old, None)
+        present = {name for kind, name, _, _ in sections(new) if kind in ("listen", "backend")}
         for name, edit in edits.items():
+            if name in optional and name not in present:
+                continue
             try:
                 listener = Listener(new, name, str(path))
                 before = _server_lines(listener)
@@ -2584,16 +2969,40 @@ def _write(file: FileOptions, options: HaproxyOptions, report: Report, edits: di
                 continue
             new = listener.text()
             changes[name] = live_changes(before, _server_lines(listener))
-        report.changed = new != old
-        report.diff = unified_diff(str(path), old, new) if file.diff else None
+        if routed is not None:
+            report.results += route_results(routed)
+            report.routes = [dataclasses.asdict(r) | {"key": r.key} for r in routed.routes]
+        report.changed = new != old or (routed is not None and routed.map_changed)
+        report.diff = _diff(str(path), old, new, routed) if file.diff else None
         report.text = old if file.dry_run else new
         if report.changed:
-            Commit(file, options, old, new, changes, haproxy, engine, report, drainer, checks).run()
+            Commit(file, options, old, new, changes, haproxy, engine, report, drainer, checks,
+                   routed if routed and (routed.map_changed or routed.needs_reload) else None).run()
         else:
             log.info("%s unchanged; nothing written, haproxy not restarted", path)
         if listener is not None:
             _with_servers(file, report, listener)
     return report
+
+
+def _diff(path: str, old: str, new: str, routed: RouteChange | None) -> str:
+    """--diff: the config's change, then the map's."""
+    diff = unified_diff(path, old, new)
+    if routed is not None and routed.map_changed:
+        diff += unified_diff(str(routed.mark.map_file), routed.old_map or "", routed.new_map)
+    return diff
+
+
+def route_results(routed: RouteChange) -> list[Result]:
+    """One result per route added to or removed from the map, per backend made or removed."""
+    old = dict(map_entries(routed.old_map or ""))
+    new = dict(map_entries(routed.new_map))
+    results = [Result(key, "routed", backend, listener=routed.mark.section) for key, backend in new.items()
+               if old.get(key) != backend]
+    results += [Result(key, "unrouted", backend, listener=routed.mark.section) for key, backend in old.items()
+                if key not in new]
+    results += [Result(name, "created", name, listener="backend") for name in routed.created]
+    return results + [Result(name, "removed", name, listener="backend") for name in routed.removed]
 
 
 def reconcile(file: FileOptions, options: HaproxyOptions, listeners: list[str], drainer: Drainer) -> None:
@@ -2694,7 +3103,9 @@ def desired_servers(template: str, fleet: Fleet, addressing: Addressing) -> dict
             log.info("%s is unhealthy; it stays out of balancing", container.name)
             continue
         try:
+            check_labels(container)
             endpoint = addressing.endpoint(container, None)
+            options = server_options(container)
         except LabelError as exc:
             log.warning("warning: %s; skipped", exc, extra={"once": exc.key})
             continue
@@ -2705,6 +3116,7 @@ def desired_servers(template: str, fleet: Fleet, addressing: Addressing) -> dict
             log.warning("warning: %s; skipped", exc, extra=_once(container, "address"))
             continue
         line = render_template(template, template_values(container, endpoint))
+        line = f"{line} {options}" if options else line
         wanted[server_name(line)] = (line, endpoint)
     return wanted
 
@@ -2755,16 +3167,67 @@ def sync(mode: Invocation, prune: bool, engines: list[Engine], remembered: froze
     """--sync / --prune: one pass over the listener -l, or every listener that labels name (and those
     `remembered`), in one write; the report and what each listener it covered holds."""
     action = "prune" if prune else "sync"
-    fleets = _fleets(mode, prune, engines, remembered, excluded)
-    if not fleets:
+    routed = not prune and mode.listener is None and _has_routes(mode.file)
+    fleets = _fleets(mode, prune, engines, remembered, excluded, routed)
+    if not fleets and not routed:
         return Report(mode.listener, action), {}
     reach = Addressing() if prune else _addressing(mode, engines[0])
     edits = {name: functools.partial(_sync_edit, prune, name, fleet, reach) for name, fleet in fleets.items()}
+    routing = functools.partial(_route_edit, fleets, mode.file.path) if routed else None
+    optional = frozenset(name for name, fleet in fleets.items() if not fleet.selected) if routed else frozenset()
     report = _write(mode.file, mode.haproxy, Report(mode.listener, action), edits, engines[0],
-                    skip=mode.listener is None, drainer=drainer, checks=checks)
+                    skip=mode.listener is None, drainer=drainer, checks=checks, routing=routing, optional=optional)
     if mode.listener is None:
         report.servers = None
     return report, fleets
+
+
+def _has_routes(file: FileOptions) -> bool:
+    """Whether the config has a #DOCKERROUTES line (read without the lock: the write reads it again)."""
+    try:
+        return bool(ROUTES_MARK.search(read_config(Path(file.path))))
+    except ConfigError:
+        return False  # the write says what is wrong with the file
+
+
+def _route_edit(fleets: dict[str, Fleet], source: str, text: str) -> tuple[str, RouteChange | None]:
+    """The config with the routes the running apps of these fleets ask for (see route_config); while an
+    engine is down, the routes of the map stay as well."""
+    mark = routes_mark(text, Path(os.path.realpath(source)), source)
+    if mark is None:
+        return text, None
+    try:
+        old_map: str | None = mark.map_file.read_bytes().decode("latin-1")
+    except FileNotFoundError:
+        old_map = None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the routes' map {mark.map_file} ({exc.strerror}); fix its permissions")
+    claims = [(route, _subject(c)[0]) for fleet in fleets.values() for c in fleet.selected
+              if c.state == "running" for route in _routes_of(c)]
+    if any(fleet.known is not None for fleet in fleets.values()):
+        claimed = {route.key for route, _ in claims}
+        claims += [(route, "the map") for route in _map_routes(old_map or "") if route.key not in claimed]
+    new, change, _ = route_config(text, mark, route_table(claims), source, old_map)
+    return new, change
+
+
+def _routes_of(container: Container) -> list[Route]:
+    """Its routes, or none (with a warning said once) when one of its labels is bad: the app is skipped."""
+    try:
+        check_labels(container)
+        return container_routes(container)
+    except LabelError as exc:
+        log.warning("warning: %s; skipped", exc, extra={"once": exc.key})
+        return []
+
+
+def _map_routes(text: str) -> list[Route]:
+    """The routes a map file holds (keys `host/path`, `.domain/path` for a wildcard)."""
+    routes = []
+    for key, backend in map_entries(text):
+        host, slash, path = key.partition("/")
+        routes.append(Route("*" + host if host.startswith(".") else host, slash + path, backend))
+    return routes
 
 
 def _sync_edit(prune: bool, name: str, fleet: Fleet, reach: Addressing, listener: Listener) -> list[Result]:
@@ -2775,9 +3238,10 @@ def _sync_edit(prune: bool, name: str, fleet: Fleet, reach: Addressing, listener
 
 
 def _fleets(mode: Invocation, prune: bool, engines: list[Engine], remembered: frozenset[str],
-            excluded: frozenset[str]) -> dict[str, Fleet]:
+            excluded: frozenset[str], routed: bool = False) -> dict[str, Fleet]:
     """What each listener should hold. Containers: --filter, else the listen label; services (on a
-    swarm manager): --service, else the service's listen label. --prune: everything that runs."""
+    swarm manager): --service, else the service's listen label. --prune: everything that runs. With
+    routes, also the containers and services with a host label, in the backend their routes name."""
     if prune:
         return {mode.listener: gather(engines, {"status": ["running"]}, services=_any_service)}
     if mode.listener:
@@ -2785,8 +3249,11 @@ def _fleets(mode: Invocation, prune: bool, engines: list[Engine], remembered: fr
         selection = dict(mode.filters or default, status=["running"])
         return {mode.listener: gather(engines, selection, excluded=excluded,
                                       services=_service_picker(mode.listener, mode.services))}
-    labelled = gather(engines, {"label": [LABEL_LISTEN]}, True, excluded,
-                      lambda s: LABEL_LISTEN in (s["Spec"].get("Labels") or {}))
+    keys = (LABEL_LISTEN, LABEL_HOST) if routed else (LABEL_LISTEN,)
+    labelled = gather(engines, {} if routed else {"label": [LABEL_LISTEN]}, True, excluded,
+                      lambda s: any(k in (s["Spec"].get("Labels") or {}) for k in keys))
+    if routed:
+        labelled.selected = [c for c in labelled.selected if any(k in c.labels for k in keys)]
     return _labelled_fleets(labelled, remembered)
 
 
@@ -2804,7 +3271,9 @@ def _labelled_fleets(fleet: Fleet, remembered: frozenset[str]) -> dict[str, Flee
     named: dict[str, list[Container]] = {}
     for container in fleet.selected:
         try:
-            named.setdefault(label_value(container, LABEL_LISTEN) or "", []).append(container)
+            routes = container_routes(container)
+            named.setdefault(routes[0].backend if routes else label_value(container, LABEL_LISTEN) or "",
+                             []).append(container)
         except LabelError as exc:
             log.warning("warning: %s; skipped", exc, extra={"once": exc.key})
     named.pop("", None)
@@ -3632,9 +4101,19 @@ def render_status(report: Report) -> str:
         rows.append([r.server if report.listener else f"{r.listener}/{r.server}", address, r.container,
                      r.haproxy or "-", r.check or "-", "-" if r.sessions is None else str(r.sessions),
                      ",".join(r.drift) or "-"])
+    routes = [["ROUTE", "BACKEND", "MAP", "HAPROXY", "DRIFT"]]
+    for r in report.routes or ():
+        routes.append([r["key"], r["backend"], "yes" if r["in_map"] else "no",
+                       "-" if r["in_haproxy"] is None else "yes" if r["in_haproxy"] else "no", ",".join(r["drift"]) or "-"])
+    return (_table(rows) if len(rows) > 1 else "") + ("\n" if len(rows) > 1 and len(routes) > 1 else "") + \
+        (_table(routes) if len(routes) > 1 else "")
+
+
+def _table(rows: list[list[str]]) -> str:
+    """Rows aligned in columns, the last one as it is."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1] for row in rows]
-    return "".join(line + "\n" for line in lines) if len(rows) > 1 else ""
+    return "".join(line + "\n" for line in lines)
 
 
 def as_document(report: Report) -> dict[str, Any]:
@@ -3773,7 +4252,36 @@ def status(mode: Invocation, engines: list[Engine]) -> Report:
                     "haproxy's side is not compared")
     names = [mode.listener] if mode.listener else templated_listeners(text)
     runtime = Runtime(address) if address else None
-    return Report(mode.listener, "status", rows=status_servers(text, mode.file.path, names, runtime, engines))
+    report = Report(mode.listener, "status", rows=status_servers(text, mode.file.path, names, runtime, engines))
+    mark = routes_mark(text, Path(os.path.realpath(mode.file.path)), mode.file.path) if not mode.listener else None
+    if mark is not None:
+        report.routes = status_routes(text, mark, runtime)
+    return report
+
+
+def status_routes(text: str, mark: RoutesMark, runtime: Runtime | None) -> list[dict[str, Any]]:
+    """--status: each route as the map file and the running haproxy have it, with its drift: `not_in_haproxy`
+    (the file's map has it, haproxy does not, or sends it elsewhere), `only_in_haproxy`, `no_backend`."""
+    try:
+        on_disk = dict(map_entries(mark.map_file.read_bytes().decode("latin-1")))
+    except FileNotFoundError:
+        on_disk = {}
+    live: dict[str, str] | None = None
+    if runtime is not None:
+        try:
+            live = dict(runtime.map(mark.map_ref))
+        except (RuntimeUnavailable, HaproxyError) as exc:
+            log.warning("warning: %s; haproxy's routes are not compared", exc)
+    present = {name for kind, name, _, _ in sections(text) if kind in ("backend", "listen")}
+    rows = []
+    for key in [*on_disk, *(k for k in live or {} if k not in on_disk)]:
+        backend = on_disk.get(key) or (live or {}).get(key, "")
+        drift = [] if live is None or (live.get(key) == on_disk.get(key)) else \
+            ["only_in_haproxy" if key not in on_disk else "not_in_haproxy"]
+        drift += [] if backend in present else ["no_backend"]
+        rows.append({"key": key, "backend": backend, "in_map": key in on_disk,
+                     "in_haproxy": None if live is None else key in live, "drift": drift})
+    return rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -3806,7 +4314,8 @@ ACTIONS: dict[str, Action] = {
     "watch": Action("watch", lambda mode, engines: Watcher(mode, engines).run(), needs_listener=False,
                     many_engines=True, selects=True, line=_never),
     "status": Action("status", lambda mode, engines: status(mode, engines), needs_listener=False,
-                     many_engines=True, amiss=lambda report: any(row.drift for row in report.rows),
+                     many_engines=True, amiss=lambda report: any(row.drift for row in report.rows) or
+                     any(route.get("drift") for route in report.routes or ()),
                      table=lambda report: render_status(report)),
     "show": Action(None, _read_only),
 }
@@ -3882,7 +4391,8 @@ def build_parser() -> _Parser:
     p.add_argument("--help", action="help", help="Show help details")
     p.add_argument("-l", "--listen", metavar="LISTENER",
                    help="Perform actions on the listen or backend section LISTENER. Mandatory, "
-                        "except for --sync/--watch, which then serve every listener that container labels name"
+                        "except for --sync/--watch, which then serve every listener that container labels name "
+                        "and, with a #DOCKERROUTES frontend, the routes of their host and path labels"
                    ).completer = _complete_listeners  # type: ignore[attr-defined]
     act = p.add_mutually_exclusive_group()
     act.add_argument("-a", "--add", metavar="ID1[:PORT][,ID2[:PORT],...]",
