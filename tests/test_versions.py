@@ -16,7 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CLI, LABEL, RUN, ask_haproxy, host_port, http_get, run_cli, serve_more, wait_until, write_config
+from conftest import (CLI, LABEL, RUN, ask_haproxy, free_port, host_port, http_get, run_cli, serve_more, wait_until,
+                      write_config)
 from docker.models.containers import Container
 
 import haproxy_docker_config as hdc
@@ -342,3 +343,83 @@ def test_every_section_keyword_haproxy_knows_is_known_to_the_lens(tmp_path, dock
     assert set().union(*known.values()) == set(HAPROXY_SECTIONS), known  # the property tests' list is haproxy's
     assert set(HAPROXY_SECTIONS) <= set(hdc.SECTION_KEYWORDS)
     assert known["3.0"] - known["2.2"] == {"log-forward", "crt-store"}  # the probe tells versions apart
+
+
+ROUTED = """global
+    stats socket /run/haproxy/admin.sock mode 600 level admin expose-fd listeners
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 10s
+    timeout server 10s
+frontend www
+    bind :8080
+    #DOCKERROUTES /usr/local/etc/haproxy/docker-routes.map
+    default_backend no-route
+backend no-route
+    http-request return status 404 content-type text/plain string "no route"
+backend shop
+    #DOCKERSERVER $id ${ip}:$port check inter 1s
+"""
+
+
+@pytest.mark.parametrize("version", sorted(RUNTIME))
+def test_a_host_on_an_existing_backend_is_routed_live_from_2_6_and_by_reload_on_2_2(version, tmp_path,
+                                                                                    docker_client) -> None:
+    tag = secrets.token_hex(3)
+    etc, run = tmp_path / "etc", tmp_path / "run"
+    etc.mkdir()
+    run.mkdir()
+    cfg = etc / "haproxy.cfg"
+    cfg.write_text(ROUTED)
+    port = free_port()
+    haproxy = docker_client.containers.run(
+        f"hdc-haproxy:{version}", detach=True, labels={LABEL: RUN}, ports={"8080/tcp": ("127.0.0.1", port)},
+        volumes={str(etc): {"bind": "/usr/local/etc/haproxy", "mode": "rw"}, str(run): {"bind": "/run/haproxy"}})
+    apps = []
+    try:
+        wait_until(lambda: (run / "admin.sock").exists(), 10, lambda: haproxy.logs().decode())
+        ipam = docker_client.networks.get("bridge").attrs["IPAM"]["Config"][0]
+        gateway = ipam.get("Gateway") or str(next(ipaddress.ip_network(ipam["Subnet"]).hosts()))
+
+        def sync() -> dict:
+            done = run_cli("-f", str(cfg), "--sync", "-h", "--haproxy-container", haproxy.name, "--host-ip", gateway,
+                           "--runtime-socket", str(run / "admin.sock"), "--json")
+            assert done.returncode == 0, done.stderr
+            return json.loads(done.stdout)
+
+        def reaches(host: str) -> set[str]:
+            def one() -> str:
+                request = urllib.request.Request(f"http://127.0.0.1:{port}/", headers={"Host": host})
+                try:
+                    with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request, timeout=2) as r:
+                        return r.read().decode().strip()
+                except OSError as exc:
+                    return f"failed: {exc}"
+            return {one() for _ in range(6)}
+
+        def app(host: str) -> Container:
+            apps.append(docker_client.containers.run(
+                "hdc-test-httpd:latest", detach=True, ports={"8080/tcp": ("", None)},
+                labels={"haproxy-docker-config.host": host, LISTEN_LABEL: "shop", LABEL: RUN}))
+            return apps[-1]
+
+        def reloads() -> int:
+            return haproxy.logs().decode().count(RELOADED[version])
+
+        first = app(f"a{tag}.example.com")
+        assert sync()["restarted"]  # the frontend's lines are new: a reload reads them
+        wait_until(lambda: reaches(f"a{tag}.example.com") == {first.short_id}, 15, lambda: haproxy.logs().decode())
+        before = reloads()
+        second = app(f"b{tag}.example.com")
+        doc = sync()
+        assert (doc["runtime"], doc["restarted"]) == (RUNTIME[version], RUNTIME[version] == "unsupported")
+        wait_until(lambda: reaches(f"b{tag}.example.com") == {first.short_id, second.short_id}, 15,
+                   lambda: haproxy.logs().decode())
+        assert reloads() == before + (1 if RUNTIME[version] == "unsupported" else 0)
+        live = ask_haproxy(run / "admin.sock", "show map /usr/local/etc/haproxy/docker-routes.map")
+        assert sorted(ln.split()[1] for ln in live.splitlines() if ln.strip()) == [f"a{tag}.example.com/",
+                                                                                    f"b{tag}.example.com/"]
+    finally:
+        for c in [*apps, haproxy]:
+            c.remove(force=True)
