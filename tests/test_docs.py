@@ -113,10 +113,9 @@ SENTENCES = [
      r"\| latency p50 / p99 / max \| ([\d.]+ ms) / ([\d.]+ ms) /"),
     ("docs/zero-downtime.md", r"(\d+) rounds, (\d+) hot restarts", "docs/load.md",
      r"\| rounds \(add \+ delete\) \| (\d+) \|\n\| hot restarts \| (\d+) \|"),
-    ("docs/sync-and-watch.md", r"in haproxy ([\d.]+ / [\d.]+ s) \(median / max\) after `docker run`", "docs/load.md",
-     r"\| `docker run` returned -> in haproxy, median / max \| ([\d.]+ / [\d.]+ s) \|"),
-    ("docs/sync-and-watch.md", r"out ([\d.]+ / [\d.]+ s) after `docker stop`", "docs/load.md",
-     r"\| `docker stop` called -> out of haproxy, median / max \| ([\d.]+ / [\d.]+ s) \|"),
+    ("docs/sync-and-watch.md", r"first request ([\d.]+ / [\d.]+) s \(median / max\)\s+after `docker run` returned, "
+     r"and a stopped one its last ([\d.]+ / [\d.]+) s after", "docs/bench-watch.md",
+     r"\| on this host \(2\.6\) \| \d+ \| ([\d.]+ / [\d.]+) \| ([\d.]+ / [\d.]+) \|"),
     ("docs/status-and-metrics.md", r"RSS grew by ([\d.]+ MB)", "docs/soak.md", r"\| RSS \| [^|]+ \| [^|]+ \| \+?([\d.]+ MB)"),
     ("docs/swarm.md", r"scale up: task running -> its first request served, median / max \| ([\d.]+ / [\d.]+) s \| "
      r"([\d.]+ / [\d.]+) s", "docs/bench-swarm.md", r"\| scale up \| tool \| \d+ \| ([\d.]+ / [\d.]+) \|[^\n]*\n"
