@@ -2942,7 +2942,7 @@ def _write(file: FileOptions, options: HaproxyOptions, report: Report, edits: di
     """Edit listeners under the lock, all in one text: one validation, one write, at most one restart,
     and only when the bytes (of the config or of the routes' map) really changed. With `skip`, a
     listener the config lacks (or with no template) is skipped with a warning instead of stopping the
-    others; one in `optional` (no container names it) quietly. `routing` first puts in the routes."""
+    others; one in `optional` (no running container names it) quietly. `routing` first puts in the routes."""
     path = Path(file.path)
     target = Path(os.path.realpath(path))
     haproxy = _haproxy(options, file.validate, engine)
@@ -3174,7 +3174,8 @@ def sync(mode: Invocation, prune: bool, engines: list[Engine], remembered: froze
     reach = Addressing() if prune else _addressing(mode, engines[0])
     edits = {name: functools.partial(_sync_edit, prune, name, fleet, reach) for name, fleet in fleets.items()}
     routing = functools.partial(_route_edit, fleets, mode.file.path) if routed else None
-    optional = frozenset(name for name, fleet in fleets.items() if not fleet.selected) if routed else frozenset()
+    optional = frozenset(name for name, fleet in fleets.items()  # a backend made for routes comes and goes with them
+                         if not any(c.state == "running" for c in fleet.selected)) if routed else frozenset()
     report = _write(mode.file, mode.haproxy, Report(mode.listener, action), edits, engines[0],
                     skip=mode.listener is None, drainer=drainer, checks=checks, routing=routing, optional=optional)
     if mode.listener is None:
@@ -3789,7 +3790,8 @@ class Watcher:
         """A container was created, or swarm tasks are on their way (they run next): have haproxy -c say now
         what the pass that adds them will need, the listener with 1 to `coming` servers more (see
         Validations), so that the pass need not wait for it."""
-        listener = self.mode.listener or labels.get(LABEL_LISTEN, "")
+        host = labels.get(LABEL_HOST, "").split(",")[0].strip().lower()
+        listener = self.mode.listener or labels.get(LABEL_LISTEN) or (backend_for_host(host) if host else "")
         if self.checks is not None and LABEL_RULES[LABEL_LISTEN][0].fullmatch(listener[:LABEL_LIMIT + 1]):
             self.checks.prepare(functools.partial(_more, Path(self.mode.file.path), listener, coming),
                                 self.mode.file.path)
@@ -3998,10 +4000,11 @@ def _follow(engine: Engine, watcher: Watcher, filtered: bool) -> None:
 
 def _may_matter(event: dict[str, Any], filtered: bool) -> bool:
     """Whether an event can change what a pass finds. Without --filter, containers are selected by the
-    listen label, or as a swarm task: another container's events (a busy host's) need no pass.
+    listen or host label, or as a swarm task: another container's events (a busy host's) need no pass.
     A container event carries the container's labels."""
     attributes = (event.get("Actor") or {}).get("Attributes") or {}
-    return filtered or event.get("Type") != "container" or LABEL_LISTEN in attributes or TASK_LABEL in attributes
+    return filtered or event.get("Type") != "container" or any(
+        key in attributes for key in (LABEL_LISTEN, LABEL_HOST, TASK_LABEL))
 
 
 def _poll_tasks(poller: Engine, watcher: Watcher, interval: float) -> None:

@@ -392,3 +392,18 @@ def test_a_weight_or_maxconn_label_change_is_applied_live_and_backup_asks_for_a_
     with pytest.raises(hdc.HaproxyError, match="became or stopped being a backup"):
         hdc.apply_live(runtime, "b", hdc.live_changes({"s1": "s1 127.0.0.1:9 weight 7"},
                                                       {"s1": "s1 127.0.0.1:9 weight 7 backup"}), 1.0)
+
+
+def test_watch_makes_the_backend_of_a_host_only_app_and_removes_it_when_the_app_stops(routed: Routed, watcher) -> None:
+    tag = secrets.token_hex(2)
+    w = watcher(routed.path, "-h", str(routed.pidfile))
+    wait_until(lambda: "hdc_host" in routed.path.read_text(), 20, w.tail)  # its first pass wrote the lines
+    app = routed.app(host=f"only{tag}.example.com")  # no listen label: the backend is named after the host
+    served_by(routed, f"only{tag}.example.com", {app.short_id})
+    assert f"backend only{tag}.example.com\n    #DOCKERCREATED" in routed.path.read_text()
+    app.stop(timeout=5)
+    wait_until(lambda: f"backend only{tag}" not in routed.path.read_text(), 20, w.tail)
+    wait_until(lambda: routed.get(f"only{tag}.example.com")[1] == "no route", 20, w.tail)
+    assert MANAGED.sub("", routed.path.read_text()) == routed.original
+    assert w.stop() == 0
+    assert "warning" not in w.text(), w.tail()
