@@ -2993,6 +2993,10 @@ def _diff(path: str, old: str, new: str, routed: RouteChange | None) -> str:
     return diff
 
 
+#: The statuses of a route's result: its id is the map's key, its server the backend.
+ROUTE_STATUSES = ("routed", "unrouted")
+
+
 def route_results(routed: RouteChange) -> list[Result]:
     """One result per route added to or removed from the map, per backend made or removed."""
     old = dict(map_entries(routed.old_map or ""))
@@ -3010,8 +3014,9 @@ def reconcile(file: FileOptions, options: HaproxyOptions, listeners: list[str], 
     (a server written by hand, a change that a haproxy missed while it was down). Missing servers are
     added and moved ones readdressed live; a server of the template's shape that the file no longer
     has is disabled, and deleted once nothing uses it; what haproxy refuses is said once and waits
-    for a reload. Nothing is asked of a haproxy without dynamic servers."""
-    if file.dry_run or not listeners:
+    for a reload. The routes' map is made what the file's map says. Nothing is asked of a haproxy
+    without dynamic servers."""
+    if file.dry_run:
         return
     text = read_config(Path(file.path))
     address = _runtime_address(options, global_settings(text))
@@ -3025,8 +3030,24 @@ def reconcile(file: FileOptions, options: HaproxyOptions, listeners: list[str], 
         for name in listeners:
             with contextlib.suppress(ConfigError):  # a listener the file lacks: the pass said so
                 _reconcile_listener(runtime, *section_servers(text, name, file.path), name, drainer)
+        with contextlib.suppress(ConfigError):  # a bad #DOCKERROUTES line: the pass said so
+            _reconcile_map(runtime, routes_mark(text, Path(os.path.realpath(file.path)), file.path))
     except RuntimeUnavailable:
         return  # the watcher's liveness check says it
+
+
+def _reconcile_map(runtime: Runtime, mark: RoutesMark | None) -> None:
+    """The running haproxy's routes as the map file has them (a haproxy that missed a change, a `del map`
+    by hand); a map haproxy does not know yet (its lines are new: a reload is due) is left alone."""
+    if mark is None:
+        return
+    try:
+        wanted = map_entries(mark.map_file.read_bytes().decode("latin-1"))
+        if runtime.map(mark.map_ref) != wanted:
+            log.info("haproxy's routes differ from %s; replacing them", mark.map_file)
+            runtime.replace_map(mark.map_ref, wanted)
+    except (OSError, HaproxyError) as exc:
+        log.info("routes not compared with haproxy's: %s", exc)
 
 
 def _reconcile_listener(runtime: Runtime, lines: dict[str, str], template: str | None, backend: str,
@@ -3890,9 +3911,9 @@ class Watcher:
     def _say(self, report: Report) -> None:
         for r in report.results:
             if isinstance(r, Result):
-                where = f" {r.ip}:{r.port}" if r.port else ""
-                log.warning("%s %s/%s%s", r.status, r.listener, r.server, where,
-                            extra={"change": _change_fields(r, self.engines)})
+                where = f" {r.ip}:{r.port}" if r.port else f" -> {r.server}" if r.status in ROUTE_STATUSES else ""
+                log.warning("%s %s/%s%s", r.status, r.listener, r.id if r.status in ROUTE_STATUSES else r.server,
+                            where, extra={"change": _change_fields(r, self.engines)})
 
 
 class Liveness:
@@ -4152,7 +4173,10 @@ def _with_address(who: str, r: Result, verbose: bool) -> str | None:
 
 
 def _with_status(who: str, r: Result, verbose: bool) -> str | None:
-    """A server added or updated is shown with its address, any other result with its status."""
+    """A server added or updated is shown with its address, a route with its backend, any other result
+    with its status."""
+    if r.status in ROUTE_STATUSES:
+        return "%-20s\t%s\t%s" % (who, r.status, r.server)
     return _with_address(who, r, verbose) if r.status in ("added", "updated") else "%-20s\t%s" % (who, r.status)
 
 

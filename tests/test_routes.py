@@ -406,4 +406,21 @@ def test_watch_makes_the_backend_of_a_host_only_app_and_removes_it_when_the_app_
     wait_until(lambda: routed.get(f"only{tag}.example.com")[1] == "no route", 20, w.tail)
     assert MANAGED.sub("", routed.path.read_text()) == routed.original
     assert w.stop() == 0
-    assert "warning" not in w.text(), w.tail()
+    said = [ln for ln in w.text().splitlines() if ln.startswith("warning") and f"only{tag}" in ln]
+    assert said == [], w.tail()  # nothing to say of a route's backend before its app runs, or after
+
+
+def test_watch_puts_back_a_route_removed_from_haproxy_by_hand(routed: Routed, watcher) -> None:
+    tag = secrets.token_hex(2)
+    first = routed.app(host=f"kept{tag}.example.com", listen="shop")
+    w = watcher(routed.path, "-v", "-h", str(routed.pidfile))
+    served_by(routed, f"kept{tag}.example.com", {first.short_id})
+    ask_haproxy(routed.sock, f"del map {routed.map} kept{tag}.example.com/")
+    assert routed.get(f"kept{tag}.example.com")[1] == "no route"
+    routed.app(listen="shop")  # a server more, no route more: the pass after it compares the maps
+    wait_until(lambda: routed.get(f"kept{tag}.example.com")[0] == 200, 20, w.tail)
+    assert f"haproxy's routes differ from {routed.map}; replacing them" in w.text()
+    live = ask_haproxy(routed.sock, f"show map {routed.map}")
+    assert [ln.split()[1:] for ln in live.splitlines() if ln.strip()] == \
+        [ln.split() for ln in routed.map.read_text().splitlines()[1:]]
+    assert w.stop() == 0
