@@ -3123,23 +3123,29 @@ def desired_servers(template: str, fleet: Fleet, addressing: Addressing) -> dict
         if container.health == "unhealthy":
             log.info("%s is unhealthy; it stays out of balancing", container.name)
             continue
-        try:
-            check_labels(container)
-            endpoint = addressing.endpoint(container, None)
-            options = server_options(container)
-        except LabelError as exc:
-            log.warning("warning: %s; skipped", exc, extra={"once": exc.key})
-            continue
-        except PortError as exc:
-            log.warning("warning: %s (or label it %s=PORT); skipped", exc, LABEL_PORT, extra=_once(container, "port"))
-            continue
-        except DockerError as exc:
-            log.warning("warning: %s; skipped", exc, extra=_once(container, "address"))
+        endpoint = app_endpoint(container, addressing)
+        if endpoint is None:
             continue
         line = render_template(template, template_values(container, endpoint))
+        options = server_options(container)
         line = f"{line} {options}" if options else line
         wanted[server_name(line)] = (line, endpoint)
     return wanted
+
+
+def app_endpoint(container: Container, addressing: Addressing) -> Endpoint | None:
+    """Where haproxy reaches an app, its labels checked; None, with a warning said once, when it cannot."""
+    try:
+        check_labels(container)
+        return addressing.endpoint(container, None)
+    except LabelError as exc:
+        log.warning("warning: %s; skipped", exc, extra={"once": exc.key})
+    except PortError as exc:
+        hint = "" if LABEL_PORT in str(exc) or LABEL_PORT in container.labels else f" (or label it {LABEL_PORT}=PORT)"
+        log.warning("warning: %s%s; skipped", exc, hint, extra=_once(container, "port"))
+    except DockerError as exc:
+        log.warning("warning: %s; skipped", exc, extra=_once(container, "address"))
+    return None
 
 
 def sync_listener(listener: Listener, fleet: Fleet, addressing: Addressing) -> list[Result]:
@@ -3194,9 +3200,9 @@ def sync(mode: Invocation, prune: bool, engines: list[Engine], remembered: froze
         return Report(mode.listener, action), {}
     reach = Addressing() if prune else _addressing(mode, engines[0])
     edits = {name: functools.partial(_sync_edit, prune, name, fleet, reach) for name, fleet in fleets.items()}
-    routing = functools.partial(_route_edit, fleets, mode.file.path) if routed else None
-    optional = frozenset(name for name, fleet in fleets.items()  # a backend made for routes comes and goes with them
-                         if not any(c.state == "running" for c in fleet.selected)) if routed else frozenset()
+    routing = functools.partial(_route_edit, fleets, reach, mode.file.path) if routed else None
+    optional = frozenset(name for name, fleet in fleets.items()  # a backend for routes comes and goes with them:
+                         if all(LABEL_HOST in c.labels for c in fleet.selected)) if routed else frozenset()  # said why
     report = _write(mode.file, mode.haproxy, Report(mode.listener, action), edits, engines[0],
                     skip=mode.listener is None, drainer=drainer, checks=checks, routing=routing, optional=optional)
     if mode.listener is None:
@@ -3212,9 +3218,11 @@ def _has_routes(file: FileOptions) -> bool:
         return False  # the write says what is wrong with the file
 
 
-def _route_edit(fleets: dict[str, Fleet], source: str, text: str) -> tuple[str, RouteChange | None]:
-    """The config with the routes the running apps of these fleets ask for (see route_config); while an
-    engine is down, the routes of the map stay as well."""
+def _route_edit(fleets: dict[str, Fleet], reach: Addressing, source: str, text: str) -> tuple[str, RouteChange | None]:
+    """The config with the routes the running apps of these fleets ask for (see route_config), those that
+    haproxy can reach (an app skipped for its port or network gets no route either; an unhealthy one
+    keeps its route, whose backend answers 503 until it is healthy); while an engine is down, the routes
+    of the map stay as well."""
     mark = routes_mark(text, Path(os.path.realpath(source)), source)
     if mark is None:
         return text, None
@@ -3225,22 +3233,12 @@ def _route_edit(fleets: dict[str, Fleet], source: str, text: str) -> tuple[str, 
     except OSError as exc:
         raise ConfigError(f"cannot read the routes' map {mark.map_file} ({exc.strerror}); fix its permissions")
     claims = [(route, _subject(c)[0]) for fleet in fleets.values() for c in fleet.selected
-              if c.state == "running" for route in _routes_of(c)]
+              if c.state == "running" and app_endpoint(c, reach) is not None for route in container_routes(c)]
     if any(fleet.known is not None for fleet in fleets.values()):
         claimed = {route.key for route, _ in claims}
         claims += [(route, "the map") for route in _map_routes(old_map or "") if route.key not in claimed]
     new, change, _ = route_config(text, mark, route_table(claims), source, old_map)
     return new, change
-
-
-def _routes_of(container: Container) -> list[Route]:
-    """Its routes, or none (with a warning said once) when one of its labels is bad: the app is skipped."""
-    try:
-        check_labels(container)
-        return container_routes(container)
-    except LabelError as exc:
-        log.warning("warning: %s; skipped", exc, extra={"once": exc.key})
-        return []
 
 
 def _map_routes(text: str) -> list[Route]:
@@ -3288,11 +3286,12 @@ def _service_picker(listener: str, names: tuple[str, ...]) -> ServicePicker:
 
 
 def _labelled_fleets(fleet: Fleet, remembered: frozenset[str]) -> dict[str, Fleet]:
-    """One fleet per listener that a container's label names (any state, so emptied ones are synced too);
-    a container whose label is no listener name is skipped with a warning."""
+    """One fleet per listener that a container's label names (any state, so emptied ones are synced too),
+    or its route's backend; a container with a bad label is skipped with a warning."""
     named: dict[str, list[Container]] = {}
     for container in fleet.selected:
         try:
+            check_labels(container)
             routes = container_routes(container)
             named.setdefault(routes[0].backend if routes else label_value(container, LABEL_LISTEN) or "",
                              []).append(container)

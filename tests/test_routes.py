@@ -163,10 +163,12 @@ def test_a_misplaced_or_doubled_marker_is_a_config_error(text: str, says: str) -
 
 
 class Routed:
-    """A haproxy on CONFIG in tmp_path, and the apps the test starts (removed at the end)."""
+    """A haproxy on CONFIG in tmp_path, and the apps the test starts (removed at the end), on the suite's
+    private dockerd: without -l the tool routes every app with a host label on its engines, and other
+    work on the main dockerd (another checkout's suite, a bench) must not land in this config."""
 
-    def __init__(self, tmp_path: Path, docker_client, haproxy) -> None:
-        self.tmp, self.client = tmp_path, docker_client
+    def __init__(self, tmp_path: Path, engine, haproxy) -> None:
+        self.tmp, self.client, self.url = tmp_path, engine.client(), engine.url
         self.port, self.sock, self.pidfile = free_port(), tmp_path / "admin.sock", tmp_path / "haproxy.pid"
         self.map = tmp_path / "docker-routes.map"
         self.path = tmp_path / "haproxy.cfg"
@@ -176,15 +178,18 @@ class Routed:
         from conftest import Cfg
         haproxy(Cfg(self.path, self.port, self.pidfile, self.sock))
 
-    def app(self, **labels: str):
+    def app(self, publish: bool = True, **labels: str):
         container = self.client.containers.run(
-            IMAGE, detach=True, ports={"8080/tcp": ("127.0.0.1", None)},
+            IMAGE, detach=True, ports={"8080/tcp": ("127.0.0.1", None)} if publish else {},
             labels={**{P + k: v for k, v in labels.items()}, LABEL: RUN})
         self.apps.append(container)
         return container
 
     def sync(self, *args: str):
-        return run_cli("-f", str(self.path), "--sync", "-h", str(self.pidfile), *args)
+        return run_cli("-f", str(self.path), "--docker-url", self.url, "--sync", "-h", str(self.pidfile), *args)
+
+    def watch(self, watcher, *args: str):
+        return watcher(self.path, "--docker-url", self.url, "-h", str(self.pidfile), *args)
 
     def get(self, host: str, path: str = "/") -> tuple[int, str, str]:
         """(status, body, X-Backend) of one request through haproxy with this Host."""
@@ -209,8 +214,8 @@ class Routed:
 
 
 @pytest.fixture
-def routed(tmp_path, docker_client, haproxy):
-    setup = Routed(tmp_path, docker_client, haproxy)
+def routed(tmp_path, second_engine, haproxy):
+    setup = Routed(tmp_path, second_engine, haproxy)
     yield setup
     setup.close()
 
@@ -309,6 +314,12 @@ def test_bad_labels_warn_once_each_and_the_others_are_served(routed: Routed) -> 
         assert len(lines) == 1 and says in lines[0] and lines[0].endswith("; skipped"), done.stderr
     served_by(routed, f"g{tag}.example.com", {good.short_id})
     text = routed.path.read_text()
+    unreachable = routed.app(publish=False, host=f"np{tag}.example.com")  # haproxy cannot reach it: no route
+    done = routed.sync()
+    assert done.returncode == 0 and done.stdout == "", done.stdout + done.stderr
+    assert f"warning: container {unreachable.name} publishes no tcp port; run it with -p HOSTPORT:PORT (or label it " \
+           f"haproxy-docker-config.port=PORT); skipped" in done.stderr, done.stderr
+    assert routed.get(f"np{tag}.example.com")[1] == "no route" and routed.path.read_text() == text
     assert "evil" not in text and "evil" not in routed.map.read_text()
     assert not any(c.short_id in text for c in bad)
 
@@ -317,7 +328,7 @@ def test_a_host_added_and_removed_live_no_reload_and_no_failed_request_for_the_o
                                                                                       watcher) -> None:
     tag = secrets.token_hex(2)
     steady = routed.app(host=f"steady{tag}.example.com", listen="shop")
-    w = watcher(routed.path, "-v", "-h", str(routed.pidfile))
+    w = routed.watch(watcher, "-v")
     served_by(routed, f"steady{tag}.example.com", {steady.short_id})
     pid, failed, sent, stop = routed.pid(), [], [0], threading.Event()
 
@@ -356,11 +367,11 @@ def test_status_shows_the_routes_and_a_route_haproxy_lacks_as_drift(routed: Rout
     tag = secrets.token_hex(2)
     routed.app(host=f"s{tag}.example.com", listen="shop")
     assert routed.sync().returncode == 0
-    status = run_cli("-f", str(routed.path), "--status")
+    status = run_cli("-f", str(routed.path), "--docker-url", routed.url, "--status")
     assert status.returncode == 0, status.stdout + status.stderr
     assert re.search(rf"^s{tag}\.example\.com/ +shop +yes +yes +-$", status.stdout, re.M), status.stdout
     ask_haproxy(routed.sock, f"del map {routed.map} s{tag}.example.com/")
-    drift = run_cli("-f", str(routed.path), "--status", "--json")
+    drift = run_cli("-f", str(routed.path), "--docker-url", routed.url, "--status", "--json")
     assert drift.returncode == 1
     import json
     assert json.loads(drift.stdout)["routes"] == [{"key": f"s{tag}.example.com/", "backend": "shop", "in_map": True,
@@ -396,7 +407,7 @@ def test_a_weight_or_maxconn_label_change_is_applied_live_and_backup_asks_for_a_
 
 def test_watch_makes_the_backend_of_a_host_only_app_and_removes_it_when_the_app_stops(routed: Routed, watcher) -> None:
     tag = secrets.token_hex(2)
-    w = watcher(routed.path, "-h", str(routed.pidfile))
+    w = routed.watch(watcher)
     wait_until(lambda: "hdc_host" in routed.path.read_text(), 20, w.tail)  # its first pass wrote the lines
     app = routed.app(host=f"only{tag}.example.com")  # no listen label: the backend is named after the host
     served_by(routed, f"only{tag}.example.com", {app.short_id})
@@ -413,7 +424,7 @@ def test_watch_makes_the_backend_of_a_host_only_app_and_removes_it_when_the_app_
 def test_watch_puts_back_a_route_removed_from_haproxy_by_hand(routed: Routed, watcher) -> None:
     tag = secrets.token_hex(2)
     first = routed.app(host=f"kept{tag}.example.com", listen="shop")
-    w = watcher(routed.path, "-v", "-h", str(routed.pidfile))
+    w = routed.watch(watcher, "-v")
     served_by(routed, f"kept{tag}.example.com", {first.short_id})
     ask_haproxy(routed.sock, f"del map {routed.map} kept{tag}.example.com/")
     assert routed.get(f"kept{tag}.example.com")[1] == "no route"
