@@ -139,6 +139,15 @@ def test_route_config_writes_the_lines_makes_a_missing_backend_and_removes_it_wh
     assert hdc._without_servers(back) == hdc._without_servers(again.replace(new[new.index("backend new"):], ""))
 
 
+def test_a_crlf_config_gets_crlf_route_lines_and_sections() -> None:
+    text = ("frontend www\r\n    #DOCKERROUTES\r\n    default_backend x\r\nbackend x\r\n    #DOCKERBACKEND\r\n"
+            "    #DOCKERSERVER $id ${ip}:$port\r\n")
+    mark = hdc.routes_mark(text, Path("/etc/haproxy/haproxy.cfg"), "cfg")
+    new, change, _ = hdc.route_config(text, mark, [route("a.example.com", backend="made")], "cfg", None)
+    assert change.created == ["made"] and "\r\nbackend made\r\n    #DOCKERCREATED" in new
+    assert not re.search(r"(?<!\r)\n", new) and new.count("\r\n    use_backend %[var(txn.hdc_host)") == 2
+
+
 def test_a_route_to_a_missing_backend_without_a_template_is_skipped_with_a_warning(caplog) -> None:
     text = CONFIG.format(sock="/tmp/s", port=80, map="/m.map").replace("    #DOCKERBACKEND\n", "")
     mark = hdc.routes_mark(text, Path("/etc/haproxy/haproxy.cfg"), "haproxy.cfg")
