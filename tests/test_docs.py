@@ -21,7 +21,8 @@ DOCKER = False
 #: Each generated page and the scripts that write into it (one commit line each).
 GENERATED = {"docs/bench.md": ("bench/bench.py", "bench/status_bench.py"), "docs/load.md": ("bench/load.py",),
              "docs/soak.md": ("bench/soak.py",), "docs/bench-swarm.md": ("bench/swarm.py",),
-             "docs/churn.md": ("bench/churn.py",), "docs/bench-watch.md": ("bench/watch.py",)}
+             "docs/churn.md": ("bench/churn.py",), "docs/bench-watch.md": ("bench/watch.py",),
+             "docs/bench-routes.md": ("bench/routes.py",)}
 
 
 def _read(page: str) -> str:
