@@ -117,6 +117,9 @@ SENTENCES = [
     ("docs/sync-and-watch.md", r"first request ([\d.]+ / [\d.]+) s \(median / max\)\s+after `docker run` returned, "
      r"and a stopped one its last ([\d.]+ / [\d.]+) s after", "docs/bench-watch.md",
      r"\| on this host \(2\.6\) \| \d+ \| ([\d.]+ / [\d.]+) \| ([\d.]+ / [\d.]+) \|"),
+    ("docs/routes.md", r"bench-routes\.md\), ([\d.]+ / [\d.]+) s\s+\(median / max\)[^,]+,[^,]+,\s+and\s+([\d.]+ / [\d.]+) s",
+     "docs/bench-routes.md", r"\| host added on `existing` [^|]+\| \d+ \| ([\d.]+ / [\d.]+) \|[^\n]*\n"
+     r"\| host on a backend made for it \| \d+ \| ([\d.]+ / [\d.]+) \|"),
     ("docs/status-and-metrics.md", r"RSS grew by ([\d.]+ MB)", "docs/soak.md", r"\| RSS \| [^|]+ \| [^|]+ \| \+?([\d.]+ MB)"),
     ("docs/swarm.md", r"scale up: task running -> its first request served, median / max \| ([\d.]+ / [\d.]+) s \| "
      r"([\d.]+ / [\d.]+) s", "docs/bench-swarm.md", r"\| scale up \| tool \| \d+ \| ([\d.]+ / [\d.]+) \|[^\n]*\n"
