@@ -80,6 +80,9 @@ METRICS_PREFIX = "haproxy_docker_config"
 DEFAULT_SWARM_POLL = 1.0
 #: --watch polls the tasks this often (at most) while one is about to run: it runs within a second or so.
 STARTING_POLL = 0.2
+#: --watch: a pass runs this long after a network event too: Docker's container list can show a container
+#: connected to a network before it shows its address there (the pass at the event then skips it).
+SETTLE_AFTER = 0.5
 #: --watch: after a failed pass, retry after this many seconds, doubling up to RETRY_LAST.
 RETRY_FIRST = 1.0
 RETRY_LAST = 30.0
@@ -3772,6 +3775,7 @@ class Watcher:
         self.checks = _validations(mode, engines[0])
         self.text: str | None = None  # the config as the last pass left it: other text is a hand edit
         self.last_pass = float("-inf")  # when the last pass that wrote started (monotonic)
+        self.settle = float("inf")  # when to look again after a network event (monotonic)
         self.fast_until = float("-inf")  # the task pollers ask fast until then (after a service event)
 
     def run(self) -> Report:
@@ -3823,7 +3827,7 @@ class Watcher:
         long, and all that arrived meanwhile make one pass (a burst gives at most one write per --coalesce)."""
         burst: list[Wake] = []
         idle = self.observer.idle_resync
-        wait_until = min(self.retry.due, time.monotonic() + idle if idle is not None else float("inf"))
+        wait_until = min(self.retry.due, self.settle, time.monotonic() + idle if idle is not None else float("inf"))
         while not burst:
             try:
                 burst.append(self.wakes.get(timeout=0.2))
@@ -3847,6 +3851,7 @@ class Watcher:
         the events said wins, until the container starts again. A task poll's answer serves the pass;
         a service, node or network event makes it ask again for services and haproxy's networks."""
         engines = {e.describe(): e for e in self.engines}
+        self.settle = float("inf")
         for wake in burst:
             if isinstance(wake, TasksMoved) and wake.url in engines:
                 engines[wake.url].fresh_tasks = (wake.taken, wake.tasks)
@@ -3854,6 +3859,8 @@ class Watcher:
                 continue
             if wake.event.get("Type") in ("service", "node", "network") and wake.url in engines:
                 engines[wake.url].forget_cached()
+            if wake.event.get("Type") == "network":  # the list may not show the address yet: look again soon
+                self.settle = time.monotonic() + SETTLE_AFTER
             if _leaving(wake.event):
                 self.excluded.add(wake.event.get("id", ""))
             elif _back(wake.event):

@@ -55,15 +55,19 @@ def test_hostile_labels_never_stop_the_watcher_nor_reach_the_file(tmp_path, dock
     cfg = resilient(tmp_path, name)
     original = cfg.path.read_text()
     haproxy(cfg)
-    bad = [labelled(docker_client, labels) for labels in hostile_labels(name)]
-    good = [labelled(docker_client, {LISTEN: name}) for _ in range(2)]
-    try:
+    made: list = []  # every container goes at the end, the stopped one too: a stopped container with a
+    try:             # listen label would be listed by a later --sync without -l
+        bad = [labelled(docker_client, labels) for labels in hostile_labels(name)]
+        made += bad
+        good = [labelled(docker_client, {LISTEN: name}) for _ in range(2)]
+        made += good
         w = watcher(cfg.path, "--metrics", f"127.0.0.1:{load.free_port()}")  # and an idle pass every 10 s
         wait_until(lambda: file_servers(cfg.path) == {c.short_id for c in good}, 60, w.text)
         wait_until(lambda: {_served(cfg.port) for _ in range(8)} == {c.short_id for c in good}, 30, w.text)
         outcome = load.Outcome()
         with load.Load(cfg.port, 3, outcome):
             third = labelled(docker_client, {LISTEN: name})  # more passes while the bad ones still run
+            made.append(third)
             wait_until(lambda: third.short_id in outcome.first_served, 30, w.text)
             third.stop(timeout=5)
             wait_until(lambda: third.short_id not in file_servers(cfg.path), 30, w.text)
@@ -73,7 +77,7 @@ def test_hostile_labels_never_stop_the_watcher_nor_reach_the_file(tmp_path, dock
         assert w.proc.poll() is None  # still watching
         assert w.stop() == 0
     finally:
-        for c in bad + good:
+        for c in made:
             c.remove(force=True)
     said = w.text().splitlines()
     assert all(LINE.match(line) for line in said), [ln for ln in said if not LINE.match(ln)][:3]

@@ -109,9 +109,11 @@ def test_ctrl_c_of_a_one_shot_action_exits_130_and_leaves_the_file(tmp_path, mak
     held = tmp_path / "held"
     wrapper, _ = counting_haproxy(tmp_path, f"touch {held}; sleep 30")
     before = cfg.path.read_bytes()
+    # as at a terminal: a suite started in the background (`scripts/test.sh &`) passes SIGINT on ignored
     proc = subprocess.Popen([str(CLI), "-f", str(cfg.path), "-l", "dockerha-app1", "-a", make_container().short_id,
                              "--haproxy-bin", str(wrapper)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         wait_until(held.exists, 60)  # in the middle of its validation
         proc.send_signal(signal.SIGINT)
