@@ -3777,9 +3777,10 @@ class Watcher:
         self.last_pass = float("-inf")  # when the last pass that wrote started (monotonic)
         self.settle = float("inf")  # when to look again after a network event (monotonic)
         self.fast_until = float("-inf")  # the task pollers ask fast until then (after a service event)
+        self.signalled = False  # SIGTERM or SIGINT came: the loop stops the threads (see _stopping)
 
     def run(self) -> Report:
-        handlers = {sig: signal.signal(sig, lambda *_: self.stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+        handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         once = SayOnce()
         log.addFilter(once)
         try:
@@ -3795,6 +3796,17 @@ class Watcher:
                 signal.signal(sig, handler)
         log.warning("stopped watching; %s is complete", self.mode.file.path)
         return self.total
+
+    def _on_signal(self, *_: object) -> None:
+        """Only a flag: a handler that took a lock (Event.set) deadlocks when a second signal comes while the
+        first one's handler holds it (systemd's SIGTERM, then an operator's)."""
+        self.signalled = True
+
+    def _stopping(self) -> bool:
+        """Whether to stop: asked to by a signal (then the threads are told) or by a thread."""
+        if self.signalled and not self.stop.is_set():
+            self.stop.set()
+        return self.stop.is_set()
 
     def _start_threads(self) -> None:
         """Per engine an event follower and a task poller, and one watcher of the file; each connection
@@ -3832,18 +3844,18 @@ class Watcher:
             try:
                 burst.append(self.wakes.get(timeout=0.2))
             except queue.Empty:
-                if self.stop.is_set():
+                if self._stopping():
                     return None
                 if time.monotonic() >= wait_until:
                     return []
         deadline = self.last_pass + self.mode.coalesce
-        while not self.stop.is_set() and (left := deadline - time.monotonic()) > 0:
+        while not self._stopping() and (left := deadline - time.monotonic()) > 0:
             with contextlib.suppress(queue.Empty):
                 burst.append(self.wakes.get(timeout=min(left, 0.2)))
         with contextlib.suppress(queue.Empty):
             while True:
                 burst.append(self.wakes.get_nowait())
-        return None if self.stop.is_set() else burst
+        return None if self._stopping() else burst
 
     def _note(self, burst: list[Wake]) -> None:
         """What the wake-ups tell the next pass. Docker's container list can lag its events (a `die`
