@@ -13,6 +13,8 @@ containers -> text -> commit -> haproxy); each leans only on those above it:
   Containers and how haproxy    Container (from inspect, list or a swarm task), labels checked,
     reaches them                Addressing: a published port or an address on a Docker network
   The config text               sections, the global settings, templates, server lines (pure)
+  Routes                        host and path labels -> routes, precedence, the map, the frontend's
+                                lines and the backends made from the #DOCKERBACKEND template (pure)
   The Augeas edge               one listener's section parsed and edited by the lens (Listener)
   What haproxy answers          versions, reload log lines, show stat / servers state, --status drift
   The Docker edge               Engine: the Docker API calls and their errors
@@ -21,7 +23,8 @@ containers -> text -> commit -> haproxy); each leans only on those above it:
   The Runtime API edge          Runtime: live add, readdress, drain and safe delete of servers
   Actions on one listener       --add, --delete, --check, --verify, --status; Result, Report
   Committing one change         _write and Commit: validate, replace, apply live or reload, roll back
-  Sync and prune                what the engines say each listener holds (Fleet), --sync, --prune
+  Sync and prune                what the engines say each listener holds (Fleet), --sync, --prune,
+                                and the routes of their apps
   Log lines, metrics            one line per record, said once; Prometheus metrics and /healthz
   Watching                      the Watcher: typed wake-ups, the drainer, validations known, passes
   Output                        plain (the original's), --status table, JSON/YAML
@@ -1177,11 +1180,11 @@ class RouteChange:
 
 
 def route_config(text: str, mark: RoutesMark, routes: list[Route], source: str,
-                 old_map: str | None) -> tuple[str, RouteChange, list[Route]]:
+                 old_map: str | None) -> tuple[str, RouteChange]:
     """The config with the frontend's lines and the backends the routes need: a backend the file lacks is
     made from the #DOCKERBACKEND template, one made earlier that no route names is removed, one made
     from an older template is made again. A route to a backend the file lacks, with no template, is
-    dropped with a warning. Returns the text, the change and the routes that are served."""
+    dropped with a warning. Returns the text and the change (whose routes are those served)."""
     new = with_route_lines(text, mark)
     change = RouteChange(mark, [], old_map, "", lines_changed=new != text)
     template = backend_template(new, source)
@@ -1214,7 +1217,7 @@ def route_config(text: str, mark: RoutesMark, routes: list[Route], source: str,
                         route.backend, source, extra={"once": ("no backend", route.backend)})
     change.removed = [n for n in change.removed if n not in change.created]
     change.routes, change.new_map = served, map_text(served)
-    return new, change, served
+    return new, change
 
 
 
@@ -3240,8 +3243,7 @@ def _route_edit(fleets: dict[str, Fleet], reach: Addressing, source: str, text: 
     if any(fleet.known is not None for fleet in fleets.values()):
         claimed = {route.key for route, _ in claims}
         claims += [(route, "the map") for route in _map_routes(old_map or "") if route.key not in claimed]
-    new, change, _ = route_config(text, mark, route_table(claims), source, old_map)
-    return new, change
+    return route_config(text, mark, route_table(claims), source, old_map)
 
 
 def _map_routes(text: str) -> list[Route]:

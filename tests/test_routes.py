@@ -127,14 +127,14 @@ def test_route_config_writes_the_lines_makes_a_missing_backend_and_removes_it_wh
     mark = hdc.routes_mark(text, Path("/etc/haproxy/haproxy.cfg"), "haproxy.cfg")
     assert mark == hdc.RoutesMark("www", "/etc/haproxy/routes.map", Path("/etc/haproxy/routes.map"))
     routes = hdc.route_table([(route("a.example.com", backend="shop"), "a"), (route("n.example.com", backend="new"), "n")])
-    new, change, served = hdc.route_config(text, mark, routes, "haproxy.cfg", None)
-    assert change.created == ["new"] and served == routes and change.needs_reload
+    new, change = hdc.route_config(text, mark, routes, "haproxy.cfg", None)
+    assert change.created == ["new"] and change.routes == routes and change.needs_reload
     assert "backend new\n    #DOCKERCREATED by haproxy-docker-config from backend docker-template" in new
     assert new.count("use_backend %[var(txn.hdc_host)") == 2
     assert change.new_map.splitlines()[1:] == ["a.example.com/ shop", "n.example.com/ new"]
-    again, change2, _ = hdc.route_config(new, mark, routes, "haproxy.cfg", change.new_map)
+    again, change2 = hdc.route_config(new, mark, routes, "haproxy.cfg", change.new_map)
     assert again == new and not change2.needs_reload and not change2.map_changed  # run twice: nothing
-    back, change3, _ = hdc.route_config(new, mark, routes[:1], "haproxy.cfg", change.new_map)
+    back, change3 = hdc.route_config(new, mark, routes[:1], "haproxy.cfg", change.new_map)
     assert change3.removed == ["new"] and "backend new" not in back
     assert hdc._without_servers(back) == hdc._without_servers(again.replace(new[new.index("backend new"):], ""))
 
@@ -143,7 +143,7 @@ def test_a_crlf_config_gets_crlf_route_lines_and_sections() -> None:
     text = ("frontend www\r\n    #DOCKERROUTES\r\n    default_backend x\r\nbackend x\r\n    #DOCKERBACKEND\r\n"
             "    #DOCKERSERVER $id ${ip}:$port\r\n")
     mark = hdc.routes_mark(text, Path("/etc/haproxy/haproxy.cfg"), "cfg")
-    new, change, _ = hdc.route_config(text, mark, [route("a.example.com", backend="made")], "cfg", None)
+    new, change = hdc.route_config(text, mark, [route("a.example.com", backend="made")], "cfg", None)
     assert change.created == ["made"] and "\r\nbackend made\r\n    #DOCKERCREATED" in new
     assert not re.search(r"(?<!\r)\n", new) and new.count("\r\n    use_backend %[var(txn.hdc_host)") == 2
 
@@ -152,8 +152,8 @@ def test_a_route_to_a_missing_backend_without_a_template_is_skipped_with_a_warni
     text = CONFIG.format(sock="/tmp/s", port=80, map="/m.map").replace("    #DOCKERBACKEND\n", "")
     mark = hdc.routes_mark(text, Path("/etc/haproxy/haproxy.cfg"), "haproxy.cfg")
     with caplog.at_level(logging.WARNING, logger="haproxy-docker-config"):
-        _, change, served = hdc.route_config(text, mark, [route("n.example.com", backend="new")], "cfg", None)
-    assert served == [] and change.created == []
+        _, change = hdc.route_config(text, mark, [route("n.example.com", backend="new")], "cfg", None)
+    assert change.routes == [] and change.created == []
     assert "the route n.example.com/ needs backend new, which cfg lacks" in caplog.text
 
 
