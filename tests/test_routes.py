@@ -15,7 +15,7 @@ from pathlib import Path
 
 import docker.errors
 import pytest
-from conftest import CLI, IMAGE, LABEL, RUN, ask_haproxy, free_port, run_cli, wait_until
+from conftest import IMAGE, LABEL, RUN, ask_haproxy, free_port, run_cli, wait_until
 
 import haproxy_docker_config as hdc
 
@@ -243,8 +243,8 @@ def test_five_apps_each_reach_exactly_their_containers_by_host_path_and_wildcard
     tag = secrets.token_hex(2)
     shop = [routed.app(host=f"shop{tag}.example.com", listen="shop") for _ in range(2)]
     blog = routed.app(host=f"blog{tag}.example.com,www.blog{tag}.example.com")
-    api = routed.app(host=f"shop{tag}.example.com", path="/api")
-    v2 = routed.app(host=f"shop{tag}.example.com", path="/api/v2", listen=f"v2-{tag}")
+    routed.app(host=f"shop{tag}.example.com", path="/api")  # in a backend made for it
+    routed.app(host=f"shop{tag}.example.com", path="/api/v2", listen=f"v2-{tag}")
     wild = routed.app(host=f"*.w{tag}.example.com")
     done = routed.sync()
     assert done.returncode == 0, done.stderr
