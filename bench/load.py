@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import docker
 
@@ -59,16 +59,13 @@ class Outcome:
         return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] if ordered else 0.0
 
 
-class Load:
-    """Client threads, each sending one request per new connection (`Connection: close`)."""
+class Clients:
+    """Client threads (`threads`, told to end by `stop`) that run while the `with` block does."""
 
-    def __init__(self, port: int, clients: int, outcome: Outcome) -> None:
-        self.port, self.outcome = port, outcome
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+    threads: list[threading.Thread]
+    stop: threading.Event
 
-    def __enter__(self) -> Load:
+    def __enter__(self) -> Self:
         for thread in self.threads:
             thread.start()
         return self
@@ -77,6 +74,16 @@ class Load:
         self.stop.set()
         for thread in self.threads:
             thread.join()
+
+
+class Load(Clients):
+    """Client threads, each sending one request per new connection (`Connection: close`)."""
+
+    def __init__(self, port: int, clients: int, outcome: Outcome) -> None:
+        self.port, self.outcome = port, outcome
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
 
     def _run(self) -> None:
         while not self.stop.is_set():

@@ -155,7 +155,7 @@ class Pids(threading.Thread):
         self.join()
 
 
-class Others:
+class Others(load.Clients):
     """Client threads sending one request per new connection to the keepers' host names, all the time;
     a request fails unless it gets 200 from a container of its host's backend."""
 
@@ -200,16 +200,6 @@ class Others:
             failed = [(h, w) for t, h, w in self.failures if start <= t < end]
             answered = sum(start <= t < end for t in self.answered)
         return len(failed), len(failed) + answered, sorted({f"{h}: {w}" for h, w in failed})
-
-    def __enter__(self) -> Others:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join()
 
 
 class Probe(threading.Thread):
