@@ -4287,14 +4287,28 @@ def _delete(mode: Invocation, engines: list[Engine]) -> Report:
 def _read_only(mode: Invocation, engines: list[Engine]) -> Report:
     """--check, --verify and --show: the listener as the file has it, no lock, no write."""
     path = Path(mode.file.path)
-    listener = Listener(read_config(path), mode.listener, str(path))
+    text = read_config(path)
+    listener = Listener(text, mode.listener, str(path))
     report = Report(mode.listener, mode.action)
     if mode.action == "check":
         report.results = check_containers(listener, list(mode.refs), engines[0])
     elif mode.action == "verify":
         report.results = verify_servers(listener, engines[0], _addressing(mode, engines[0]))
     _with_servers(mode.file, report, listener)
+    report.routes = _routes_to(text, path, mode.listener)
     return report
+
+
+def _routes_to(text: str, path: Path, backend: str) -> list[dict[str, str]] | None:
+    """The routes of the map file that lead to this backend; None when the config routes nothing."""
+    mark = routes_mark(text, Path(os.path.realpath(path)), str(path))
+    if mark is None:
+        return None
+    try:
+        entries = mark.map_file.read_bytes().decode("latin-1")
+    except FileNotFoundError:
+        entries = ""
+    return [dataclasses.asdict(r) | {"key": r.key} for r in _map_routes(entries) if r.backend == backend]
 
 
 def status(mode: Invocation, engines: list[Engine]) -> Report:

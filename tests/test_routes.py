@@ -6,6 +6,7 @@ removed, bad labels, run twice, and the bytes outside what the tool manages."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 import secrets
@@ -382,7 +383,6 @@ def test_status_shows_the_routes_and_a_route_haproxy_lacks_as_drift(routed: Rout
     ask_haproxy(routed.sock, f"del map {routed.map} s{tag}.example.com/")
     drift = run_cli("-f", str(routed.path), "--docker-url", routed.url, "--status", "--json")
     assert drift.returncode == 1
-    import json
     assert json.loads(drift.stdout)["routes"] == [{"key": f"s{tag}.example.com/", "backend": "shop", "in_map": True,
                                                    "in_haproxy": False, "drift": ["not_in_haproxy"]}]
 
@@ -444,3 +444,17 @@ def test_watch_puts_back_a_route_removed_from_haproxy_by_hand(routed: Routed, wa
     assert [ln.split()[1:] for ln in live.splitlines() if ln.strip()] == \
         [ln.split() for ln in routed.map.read_text().splitlines()[1:]]
     assert w.stop() == 0
+
+
+def test_check_verify_and_show_of_a_routes_backend_carry_its_routes_in_json(routed: Routed) -> None:
+    tag = secrets.token_hex(2)
+    app = routed.app(host=f"c{tag}.example.com", path="/app", listen="shop")
+    assert routed.sync().returncode == 0
+    want = [{"host": f"c{tag}.example.com", "path": "/app", "backend": "shop", "key": f"c{tag}.example.com/app"}]
+    for action in (["--check"], ["--check", app.short_id], ["--verify"], ["-s"]):
+        done = run_cli("-f", str(routed.path), "--docker-url", routed.url, "-l", "shop", *action, "--json")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["routes"] == want, action
+    plain = run_cli("-f", str(routed.path), "--docker-url", routed.url, "-l", "shop", "-s")
+    assert plain.stdout.splitlines() == [ln.strip()[len("server "):] for ln in routed.path.read_text().splitlines()
+                                         if ln.strip().startswith("server ") and app.short_id in ln]  # as ever
