@@ -1015,6 +1015,10 @@ class Route:
         """Precedence, most specific first: exact hosts before wildcards, longer paths before shorter."""
         return self.host.startswith("*."), -len(self.path), self.host, self.path
 
+    def document(self) -> dict[str, str]:
+        """As the JSON/YAML documents list it."""
+        return dataclasses.asdict(self) | {"key": self.key}
+
 
 def backend_for_host(host: str) -> str:
     """The backend a route gets without a listen label: its first host, which is a valid haproxy name
@@ -1076,6 +1080,16 @@ class RoutesMark:
     section: str
     map_ref: str  # the map's path as haproxy reads it (in the config, and on the Runtime API)
     map_file: Path  # where the tool writes it: the ref's file name, beside the config
+
+    def read_map(self) -> str | None:
+        """The map file's text; None when there is none yet."""
+        try:
+            return self.map_file.read_bytes().decode("latin-1")
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise ConfigError(f"cannot read the routes' map {self.map_file} ({exc.strerror}); "
+                              f"fix its permissions") from None
 
 
 def routes_mark(text: str, config: Path, source: str) -> RoutesMark | None:
@@ -1215,7 +1229,6 @@ def route_config(text: str, mark: RoutesMark, routes: list[Route], source: str,
             log.warning("warning: the route %s%s needs backend %s, which %s lacks; write it, or a template "
                         "backend holding a #DOCKERBACKEND line; route skipped", route.host, route.path,
                         route.backend, source, extra={"once": ("no backend", route.backend)})
-    change.removed = [n for n in change.removed if n not in change.created]
     change.routes, change.new_map = served, map_text(served)
     return new, change
 
@@ -2984,7 +2997,7 @@ def _write(file: FileOptions, options: HaproxyOptions, report: Report, edits: di
             changes[name] = live_changes(before, _server_lines(listener))
         if routed is not None:
             report.results += route_results(routed)
-            report.routes = [dataclasses.asdict(r) | {"key": r.key} for r in routed.routes]
+            report.routes = [r.document() for r in routed.routes]
         report.changed = new != old or (routed is not None and routed.map_changed)
         report.diff = _diff(str(path), old, new, routed) if file.diff else None
         report.text = old if file.dry_run else new
@@ -3043,7 +3056,7 @@ def reconcile(file: FileOptions, options: HaproxyOptions, listeners: list[str], 
         for name in listeners:
             with contextlib.suppress(ConfigError):  # a listener the file lacks: the pass said so
                 _reconcile_listener(runtime, *section_servers(text, name, file.path), name, drainer)
-        with contextlib.suppress(ConfigError):  # a bad #DOCKERROUTES line: the pass said so
+        with contextlib.suppress(ConfigError):  # a bad #DOCKERROUTES line, an unreadable map: the pass said so
             _reconcile_map(runtime, routes_mark(text, Path(os.path.realpath(file.path)), file.path))
     except RuntimeUnavailable:
         return  # the watcher's liveness check says it
@@ -3052,14 +3065,14 @@ def reconcile(file: FileOptions, options: HaproxyOptions, listeners: list[str], 
 def _reconcile_map(runtime: Runtime, mark: RoutesMark | None) -> None:
     """The running haproxy's routes as the map file has them (a haproxy that missed a change, a `del map`
     by hand); a map haproxy does not know yet (its lines are new: a reload is due) is left alone."""
-    if mark is None:
+    if mark is None or (text := mark.read_map()) is None:
         return
     try:
-        wanted = map_entries(mark.map_file.read_bytes().decode("latin-1"))
+        wanted = map_entries(text)
         if runtime.map(mark.map_ref) != wanted:
             log.info("haproxy's routes differ from %s; replacing them", mark.map_file)
             runtime.replace_map(mark.map_ref, wanted)
-    except (OSError, HaproxyError) as exc:
+    except HaproxyError as exc:
         log.info("routes not compared with haproxy's: %s", exc)
 
 
@@ -3239,12 +3252,7 @@ def _route_edit(fleets: dict[str, Fleet], reach: Addressing, source: str, text: 
     mark = routes_mark(text, Path(os.path.realpath(source)), source)
     if mark is None:
         return text, None
-    try:
-        old_map: str | None = mark.map_file.read_bytes().decode("latin-1")
-    except FileNotFoundError:
-        old_map = None
-    except OSError as exc:
-        raise ConfigError(f"cannot read the routes' map {mark.map_file} ({exc.strerror}); fix its permissions")
+    old_map = mark.read_map()
     claims = [(route, _subject(c)[0]) for fleet in fleets.values() for c in fleet.selected
               if c.state == "running" and app_endpoint(c, reach) is not None for route in container_routes(c)]
     if any(fleet.known is not None for fleet in fleets.values()):
@@ -4304,11 +4312,7 @@ def _routes_to(text: str, path: Path, backend: str) -> list[dict[str, str]] | No
     mark = routes_mark(text, Path(os.path.realpath(path)), str(path))
     if mark is None:
         return None
-    try:
-        entries = mark.map_file.read_bytes().decode("latin-1")
-    except FileNotFoundError:
-        entries = ""
-    return [dataclasses.asdict(r) | {"key": r.key} for r in _map_routes(entries) if r.backend == backend]
+    return [r.document() for r in _map_routes(mark.read_map() or "") if r.backend == backend]
 
 
 def status(mode: Invocation, engines: list[Engine]) -> Report:
@@ -4330,10 +4334,7 @@ def status(mode: Invocation, engines: list[Engine]) -> Report:
 def status_routes(text: str, mark: RoutesMark, runtime: Runtime | None) -> list[dict[str, Any]]:
     """--status: each route as the map file and the running haproxy have it, with its drift: `not_in_haproxy`
     (the file's map has it, haproxy does not, or sends it elsewhere), `only_in_haproxy`, `no_backend`."""
-    try:
-        on_disk = dict(map_entries(mark.map_file.read_bytes().decode("latin-1")))
-    except FileNotFoundError:
-        on_disk = {}
+    on_disk = dict(map_entries(mark.read_map() or ""))
     live: dict[str, str] | None = None
     if runtime is not None:
         try:
