@@ -38,7 +38,11 @@ class PrivateEngine:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> "PrivateEngine":
-        subprocess.run(["ip", "link", "add", self.bridge, "type", "bridge"], check=True)
+        # A bridge whose address is not set takes the lowest of its ports' and changes as containers come
+        # and go; the others' cached gateway address then goes stale and their replies are lost for
+        # seconds (requests through the userland proxy time out). Docker's own bridges set one; so here.
+        mac = "02:" + ":".join(secrets.token_hex(5)[i:i + 2] for i in range(0, 10, 2))
+        subprocess.run(["ip", "link", "add", self.bridge, "address", mac, "type", "bridge"], check=True)
         try:
             subprocess.run(["ip", "addr", "add", self.subnet, "dev", self.bridge], check=True)
             subprocess.run(["ip", "link", "set", self.bridge, "up"], check=True)
